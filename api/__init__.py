@@ -1,0 +1,1 @@
+"""Interfaces: the `shopgraph` command line (and, later, the HTTP app)."""
