@@ -180,9 +180,9 @@ class GraphStore(ABC):
             None if product_id is None else str(product_id),
             kind,
         )
-        rows = rows.rename(columns={"source": "user_id", "target": "product_id"})
-        rows = rows.drop(columns=["key"], errors="ignore")
-        return rows.sort_values(["user_id", "product_id", "kind"]).reset_index(drop=True)
+        rows = rows.sort_values(["source", "target", "key"]).reset_index(drop=True)
+        rows = rows.assign(kind=rows["key"]).drop(columns=["key"])
+        return rows.rename(columns={"source": "user_id", "target": "product_id"})
 
     def tables(self) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
         """Every node and relationship table: the snapshot that export builds on."""
