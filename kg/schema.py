@@ -93,7 +93,8 @@ def upsert_frame(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Collapse rows sharing `keys`, later non-null values winning (Cypher's `SET n += row`)."""
     if frame.empty or not frame.duplicated(keys).any():
         return frame.reset_index(drop=True)
-    return frame.groupby(keys, sort=False, as_index=False, dropna=False).last()
+    merged = frame.groupby(keys, sort=False, as_index=False, dropna=False).last()
+    return merged[list(frame.columns)]  # groupby moves the keys first; keep the input's order
 
 
 class GraphBatch:

@@ -6,7 +6,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kg.schema import DataError, GraphBatch
+import pandas as pd
+
+from kg.schema import (
+    ATTRIBUTE,
+    CATEGORY,
+    HAS_ATTRIBUTE,
+    IN_CATEGORY,
+    SUBCATEGORY_OF,
+    DataError,
+    GraphBatch,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,3 +52,44 @@ def require_columns(path: Path, columns: list[str], required: list[str]) -> None
             f"missing required column(s) {missing}; found {columns}",
             file=str(path), line=1, field=missing[0],
         )
+
+
+CATEGORY_PATH_SEPARATOR = " > "
+
+
+def add_category_tree(batch: GraphBatch, product_ids: pd.Series, levels: list[pd.Series]) -> int:
+    """Category nodes for every path prefix, SUBCATEGORY_OF links and each product's leaf.
+
+    `levels[d]` holds each product's level-`d` name (null when absent). A Category's id is its
+    path ("Apparel > Topwear > Shirts"), so equal names under different parents stay apart; a
+    path stops at its first missing level. Returns how many categories were added.
+    """
+    paths: list[pd.Series] = []
+    for depth, names in enumerate(levels):
+        names = names.astype("string").str.strip().replace("", pd.NA)
+        path = names if depth == 0 else (paths[-1] + CATEGORY_PATH_SEPARATOR + names).where(
+            paths[-1].notna() & names.notna())
+        paths.append(path)
+        nodes = pd.DataFrame({"id": path, "name": names, "level": depth}).dropna(subset=["id"])
+        batch.add_nodes(CATEGORY, nodes.drop_duplicates("id"))
+        if depth:
+            links = pd.DataFrame({"source": path, "target": paths[depth - 1]}).dropna()
+            batch.add_rels(SUBCATEGORY_OF, links.drop_duplicates())
+    leaf = paths[-1]
+    for path in reversed(paths[:-1]):
+        leaf = leaf.fillna(path)
+    batch.add_rels(IN_CATEGORY, pd.DataFrame({"source": product_ids, "target": leaf}).dropna())
+    return len(batch.node_frame(CATEGORY))
+
+
+def add_attributes(batch: GraphBatch, product_ids: pd.Series, kind: str, values: pd.Series
+                   ) -> int:
+    """Attribute nodes `kind=value` and HAS_ATTRIBUTE links; null or blank values get none."""
+    values = values.astype("string").str.strip().replace("", pd.NA)
+    links = pd.DataFrame({"source": product_ids, "value": values}).dropna(subset=["value"])
+    links["target"] = kind + "=" + links["value"]
+    nodes = links.drop_duplicates("target")
+    batch.add_nodes(ATTRIBUTE, pd.DataFrame(
+        {"id": nodes["target"], "kind": kind, "value": nodes["value"]}))
+    batch.add_rels(HAS_ATTRIBUTE, links[["source", "target"]])
+    return len(links)

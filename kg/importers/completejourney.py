@@ -16,21 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from kg.importers.base import ImportResult, require_columns, require_file
-from kg.schema import (
-    ATTRIBUTE,
-    BRAND,
-    CATEGORY,
-    HAS_ATTRIBUTE,
-    IN_CATEGORY,
-    INTERACTED,
-    MADE_BY,
-    PRODUCT,
-    SUBCATEGORY_OF,
-    USER,
-    DataError,
-    GraphBatch,
+from kg.importers.base import (
+    ImportResult,
+    add_attributes,
+    add_category_tree,
+    require_columns,
+    require_file,
 )
+from kg.schema import BRAND, INTERACTED, MADE_BY, PRODUCT, USER, DataError, GraphBatch
 
 TREE = ("department", "product_category", "product_type")
 PRODUCT_COLUMNS = ["product_id", "manufacturer_id", *TREE, "brand", "package_size"]
@@ -57,27 +50,6 @@ def _read(directory: Path, name: str, columns: list[str]) -> pd.DataFrame:
             row = int(frame[column].isna().to_numpy().argmax())
             raise DataError("empty id", file=str(path), line=row + 1, field=column)
     return frame
-
-
-def _category_tree(products: pd.DataFrame, batch: GraphBatch) -> pd.Series:
-    """Add Category nodes for every path prefix; return each product's deepest category id."""
-    paths = products[list(TREE)].astype("string").apply(lambda c: c.str.strip())
-    leaf = pd.Series(pd.NA, index=products.index, dtype="string")
-    parent: pd.Series | None = None
-    for level, column in enumerate(TREE):
-        part = paths[column]
-        ident = part if parent is None else parent + " > " + part
-        ident = ident.where(part.notna() & (part != "") & (parent.notna() if parent is not None
-                                                           else True))
-        present = ident.notna()
-        nodes = pd.DataFrame({"id": ident[present], "name": part[present], "level": level})
-        batch.add_nodes(CATEGORY, nodes.drop_duplicates("id"))
-        if parent is not None:
-            links = pd.DataFrame({"source": ident[present], "target": parent[present]})
-            batch.add_rels(SUBCATEGORY_OF, links.drop_duplicates())
-        leaf = ident.where(present, leaf)
-        parent = ident
-    return leaf
 
 
 def build(data_dir: Path | None = None, progress: bool = False) -> ImportResult:
@@ -112,17 +84,9 @@ def build(data_dir: Path | None = None, progress: bool = False) -> ImportResult:
     }).drop_duplicates("id"))
     batch.add_rels(MADE_BY, pd.DataFrame({"source": pid, "target": brand_ids}))
 
-    leaf = _category_tree(products, batch)
-    batch.add_rels(IN_CATEGORY, pd.DataFrame({"source": pid, "target": leaf}).dropna())
-
-    for kind, column in (("brand_type", "brand"), ("package_size", "package_size")):
-        values = products[column].astype("string").str.strip()
-        keep = values.notna() & (values != "")
-        attr_ids = kind + "=" + values[keep]
-        batch.add_nodes(ATTRIBUTE, pd.DataFrame({
-            "id": attr_ids, "kind": kind, "value": values[keep],
-        }).drop_duplicates("id"))
-        batch.add_rels(HAS_ATTRIBUTE, pd.DataFrame({"source": pid[keep], "target": attr_ids}))
+    add_category_tree(batch, pid, [products[column] for column in TREE])
+    add_attributes(batch, pid, "brand_type", products["brand"])
+    add_attributes(batch, pid, "package_size", products["package_size"])
 
     # products bought but missing from the product table still need a node for their edges
     unknown = sorted(set(transactions["product_id"].astype(str)) - set(pid))

@@ -16,16 +16,19 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from kg.importers.base import ImportResult, require_columns, require_file, shared_data_dir
+from kg.importers.base import (
+    ImportResult,
+    add_attributes,
+    add_category_tree,
+    require_columns,
+    require_file,
+    shared_data_dir,
+)
 from kg.schema import (
     ATTRIBUTE,
     BRAND,
-    CATEGORY,
-    HAS_ATTRIBUTE,
-    IN_CATEGORY,
     MADE_BY,
     PRODUCT,
-    SUBCATEGORY_OF,
     DataError,
     GraphBatch,
 )
@@ -148,47 +151,14 @@ def _validate(path: Path, frame: pd.DataFrame) -> pd.Series:
     return numeric.astype("Int64")
 
 
-def _categories(frame: pd.DataFrame, batch: GraphBatch) -> int:
-    """Category tree nodes, SUBCATEGORY_OF edges and each product's IN_CATEGORY leaf."""
-    levels = [frame[c].where(~frame[c].isin(MISSING_VALUES)) for c in CATEGORY_LEVELS]
-    paths: list[pd.Series] = []
-    current = levels[0]
-    for depth, names in enumerate(levels):
-        if depth:
-            # a level below a missing one is not attached (the path stops at the first gap)
-            current = (current + PATH_SEP + names).where(current.notna() & names.notna())
-        paths.append(current)
-    nodes, edges = [], []
-    for depth, (names, path) in enumerate(zip(levels, paths)):
-        level = pd.DataFrame({"id": path, "name": names, "level": depth}).dropna(subset=["id"])
-        nodes.append(level.drop_duplicates("id"))
-        if depth:
-            edges.append(
-                pd.DataFrame({"source": path, "target": paths[depth - 1]}).dropna()
-                .drop_duplicates()
-            )
-    category_nodes = pd.concat(nodes, ignore_index=True)
-    batch.add_nodes(CATEGORY, category_nodes)
-    batch.add_rels(SUBCATEGORY_OF, pd.concat(edges, ignore_index=True))
-    leaf = paths[2].fillna(paths[1]).fillna(paths[0])
-    links = pd.DataFrame({"source": frame["id"], "target": leaf}).dropna()
-    batch.add_rels(IN_CATEGORY, links)
-    return len(category_nodes)
-
-
 def _attributes(frame: pd.DataFrame, years: pd.Series, batch: GraphBatch) -> dict[str, int]:
     """Attribute nodes `kind=value` and HAS_ATTRIBUTE edges; missing values get no edge."""
-    parts = []
+    links = 0
     for kind, column in ATTRIBUTE_COLUMNS.items():
         values = years.astype("string") if kind == "year" else frame[column]
         values = values.where(~values.isin(MISSING_VALUES))
-        parts.append(pd.DataFrame({"source": frame["id"], "kind": kind, "value": values}))
-    links = pd.concat(parts, ignore_index=True).dropna(subset=["value"])
-    links["target"] = links["kind"] + "=" + links["value"]
-    nodes = links.drop_duplicates("target")[["target", "kind", "value"]]
-    batch.add_nodes(ATTRIBUTE, nodes.rename(columns={"target": "id"}))
-    batch.add_rels(HAS_ATTRIBUTE, links[["source", "target"]])
-    return {"attributes": len(nodes), "has_attribute": len(links)}
+        links += add_attributes(batch, frame["id"], kind, values)
+    return {"attributes": len(batch.node_frame(ATTRIBUTE)), "has_attribute": links}
 
 
 def _brands(frame: pd.DataFrame, batch: GraphBatch) -> dict[str, int]:
@@ -238,7 +208,8 @@ def build(data_dir: Path | None = None, progress: bool = False) -> ImportResult:
     batch.add_nodes(PRODUCT, products)
     stats = {"styles_rows": len(frame), "repaired_lines": len(repaired),
              "products": len(products), "images": int(with_image.sum())}
-    stats["categories"] = _categories(frame, batch)
+    levels = [frame[c].where(~frame[c].isin(MISSING_VALUES)) for c in CATEGORY_LEVELS]
+    stats["categories"] = add_category_tree(batch, frame["id"], levels)
     stats.update(_attributes(frame, years, batch))
     stats.update(_brands(frame, batch))
 
