@@ -28,6 +28,7 @@ from kg.schema import (
     GraphBatch,
     RelType,
     Scalar,
+    nullable,
     upsert_frame,
 )
 from kg.store import GraphStore, NodeRef, row_props
@@ -246,11 +247,9 @@ class EmbeddedStore(GraphStore):
 
 def _merge(old: pd.DataFrame | None, new: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Upsert `new` into `old` with `SET += row` semantics, in nullable dtypes."""
-    frame = new if old is None or old.empty else pd.concat([old, new], ignore_index=True)
-    merged = upsert_frame(frame, keys).sort_values(keys, ignore_index=True).convert_dtypes()
-    floats = {c: "Float64" for c, t in new.dtypes.items() if pd.api.types.is_float_dtype(t)}
-    # convert_dtypes makes whole-number floats Int64; a weight of 2.0 must stay a float
-    return merged.astype({c: t for c, t in floats.items() if str(merged[c].dtype) == "Int64"})
+    frame = new if old is None or old.empty else pd.concat([old, nullable(new)],
+                                                            ignore_index=True)
+    return nullable(upsert_frame(frame, keys).sort_values(keys, ignore_index=True))
 
 
 def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:

@@ -89,6 +89,25 @@ def clean_props(props: Mapping[str, Any]) -> dict[str, Scalar]:
     return out
 
 
+def nullable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Numpy int/float/bool columns as pandas' nullable dtypes.
+
+    Then a property that some rows lack stays an integer (Int64 with NA) instead of turning
+    into floats when frames are combined, and a float such as a weight of 2.0 stays a float.
+    """
+    wanted = {}
+    for column, dtype in frame.dtypes.items():
+        if isinstance(dtype, pd.api.extensions.ExtensionDtype):
+            continue
+        if pd.api.types.is_bool_dtype(dtype):
+            wanted[column] = "boolean"
+        elif pd.api.types.is_integer_dtype(dtype):
+            wanted[column] = "Int64"
+        elif pd.api.types.is_float_dtype(dtype):
+            wanted[column] = "Float64"
+    return frame.astype(wanted) if wanted else frame
+
+
 def upsert_frame(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Collapse rows sharing `keys`, later non-null values winning (Cypher's `SET n += row`)."""
     if frame.empty or not frame.duplicated(keys).any():
@@ -170,7 +189,7 @@ class GraphBatch:
             parts.append(pd.DataFrame(self._node_rows[label]))
         if not parts:
             return pd.DataFrame({"id": pd.Series(dtype=str)})
-        return upsert_frame(pd.concat(parts, ignore_index=True), ["id"])
+        return upsert_frame(pd.concat([nullable(p) for p in parts], ignore_index=True), ["id"])
 
     def rel_frame(self, rel: RelType, with_origin: bool = False) -> pd.DataFrame:
         """All relationships of `rel`, one row per (source, target, key)."""
@@ -187,7 +206,8 @@ class GraphBatch:
             parts.append(pd.DataFrame(self._rel_rows[rel.name]))
         if not parts:
             return pd.DataFrame({c: pd.Series(dtype=str) for c in ENDPOINT_COLUMNS})
-        return upsert_frame(pd.concat(parts, ignore_index=True), list(ENDPOINT_COLUMNS))
+        frame = pd.concat([nullable(p) for p in parts], ignore_index=True)
+        return upsert_frame(frame, list(ENDPOINT_COLUMNS))
 
     def row_count(self) -> int:
         """Rows after de-duplication: the work a store has to write."""

@@ -122,12 +122,17 @@ def test_spot_checks(store: EmbeddedStore, raw_rows: list[list[str]]) -> None:
     assert parents["Apparel > Topwear > Shirts"] == "Apparel > Topwear"
     assert parents["Apparel > Topwear"] == "Apparel"
     assert store.get_node("Category", "Apparel > Topwear") == {
-        "id": "Apparel > Topwear", "name": "Topwear", "level": 1}
+        "id": "Apparel > Topwear", "name": "Topwear", "level": 1,
+        "name_zh": "上装", "names_zh": "上装|上衣"}
+    assert store.get_node("Attribute", "colour=Navy Blue")["names_zh"] == "藏青色|海军蓝|藏蓝色"
+    named = store.node_table("Attribute")["name_zh"].notna()
+    assert int(named.sum()) == 46 + 4 + 8 + 5  # every colour, season, usage, gender; no years
     attrs = store.rel_table(HAS_ATTRIBUTE)
     assert set(attrs.loc[attrs["source"] == "15970", "target"]) == {
         "colour=Navy Blue", "season=Fall", "usage=Casual", "gender=Men", "year=2011"}
     assert store.get_node("Attribute", "colour=Navy Blue") == {
-        "id": "colour=Navy Blue", "kind": "colour", "value": "Navy Blue"}
+        "id": "colour=Navy Blue", "kind": "colour", "value": "Navy Blue",
+        "name_zh": "藏青色", "names_zh": "藏青色|海军蓝|藏蓝色"}
     assert store.get_node("Attribute", "usage=NA") is None
     # the one product without a year (nor season) has neither property nor attribute for them
     no_year = next(row[0] for row in raw_rows if row[7] == "")
