@@ -125,3 +125,38 @@ def _numeric(table: pd.DataFrame, column: str, default: float) -> np.ndarray:
 def export_graph(store: GraphStore) -> GraphSnapshot:
     """Snapshot `store` for learning (`.to_hetero_data()`, `.interaction_matrix()`)."""
     return GraphSnapshot.from_store(store)
+
+
+def product_catalog(snapshot: GraphSnapshot) -> pd.DataFrame:
+    """One row per product with its graph context flattened, for search and content encoders.
+
+    Columns: `id`, the product's own properties (title, image, ...), `brand` (name),
+    `category` (leaf path, "A > B > C") and one column per attribute kind (values "|"-joined
+    when a product has several). Rows follow `snapshot.ids["Product"]`, so row i is product i
+    everywhere.
+    """
+    products = snapshot.nodes[PRODUCT].set_index("id").reindex(snapshot.ids[PRODUCT])
+    products.index.name = "id"
+    brands = snapshot.nodes["Brand"].set_index("id")
+    made_by = snapshot.rels["MADE_BY"]
+    if not made_by.empty and "name" in brands:
+        names = made_by.assign(brand=made_by["target"].map(brands["name"]))
+        products["brand"] = names.drop_duplicates("source").set_index("source")["brand"]
+    in_category = snapshot.rels["IN_CATEGORY"]
+    if not in_category.empty:
+        products["category"] = in_category.drop_duplicates("source").set_index(
+            "source")["target"]
+    attributes = snapshot.nodes["Attribute"]
+    has = snapshot.rels["HAS_ATTRIBUTE"]
+    if not has.empty and "kind" in attributes:
+        lookup = attributes.set_index("id")
+        has = has.assign(kind=has["target"].map(lookup["kind"]),
+                         value=has["target"].map(lookup["value"]))
+        values: dict[str, dict[str, list[str]]] = {}
+        for source, kind, value in zip(has["source"], has["kind"], has["value"]):
+            if isinstance(kind, str):
+                values.setdefault(kind, {}).setdefault(source, []).append(str(value))
+        for kind, by_product in values.items():
+            products[kind] = pd.Series({p: "|".join(sorted(v)) for p, v in by_product.items()},
+                                       dtype="string")
+    return products.reset_index()

@@ -117,7 +117,8 @@ def test_catalog_loads_with_exact_counts_and_properties(
     assert result.stats[f"interactions.{fmt}"] == 4
     assert result.stats["interacted_relationships"] == 3
     assert store.get_node("Product", "p1") == {
-        "id": "p1", "title": "Red Shirt", "description": "A red shirt", "image": "img/p1.jpg",
+        "id": "p1", "title": "Red Shirt", "description": "A red shirt",
+        "image": str((directory / "img/p1.jpg").resolve()),
         "price": 19.99, "brand": "Acme  Corp",
     }
     assert store.get_node("Product", "p2") == {"id": "p2", "title": "Blue Jeans",
@@ -168,6 +169,9 @@ def test_csv_and_jsonl_give_the_same_graph(tmp_path: Path) -> None:
     load_dataset("generic", a, write_catalog(tmp_path / "csv", "csv"))
     load_dataset("generic", b, write_catalog(tmp_path / "jsonl", "jsonl"))
     ta, tb = tables_of(a), tables_of(b)
+    # image paths are stored absolute, so they name each catalog's own folder
+    assert ta["Product"]["image"].iloc[0] == str((tmp_path / "csv" / "img/p1.jpg").resolve())
+    ta["Product"]["image"] = ta["Product"]["image"].str.replace("/csv/", "/jsonl/")
     for name in ta:
         pd.testing.assert_frame_equal(ta[name], tb[name], obj=name)
 

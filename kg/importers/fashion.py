@@ -221,7 +221,9 @@ def build(data_dir: Path | None = None, progress: bool = False) -> ImportResult:
     products = pd.DataFrame({
         "id": frame["id"],
         "title": frame[TITLE].where(frame[TITLE] != ""),
-        "image": ("images/" + frame["id"] + ".jpg").where(with_image),
+        # absolute, so encoders find the photo whatever the working directory
+        "image": (str((data_dir / "images").resolve()) + "/" + frame["id"] + ".jpg").where(
+            with_image),
         "year": years,
     })
     batch.add_nodes(PRODUCT, products)

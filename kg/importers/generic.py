@@ -327,6 +327,9 @@ def _products(path: Path, batch: GraphBatch, result: ImportResult, progress: boo
             value = _text(row.get(field), file, line, field)
             if value:
                 props[field] = value
+        if "image" in props and "://" not in props["image"]:
+            # a local photo path is relative to the catalog directory; store it absolute
+            props["image"] = str((path.parent / props["image"]).resolve())
         props["price"] = _number(row.get("price"), file, line, "price")
         brand = _text(row.get("brand"), file, line, "brand")
         if brand:
