@@ -20,6 +20,7 @@ IMPORTERS: dict[str, str] = {
     "fashion": "kg.importers.fashion:build",
     "ml100k-kg": "kg.importers.ml100k_kg:build",
     "generic": "kg.importers.generic:build",
+    "gowalla": "kg.importers.gowalla:build",
 }
 
 Builder = Callable[[Path | None, bool], ImportResult]

@@ -1,0 +1,144 @@
+"""Reference models every other recommender must beat: popularity, item kNN and BPR-MF.
+
+They share `Recommender`'s ranking, so their numbers differ only by the scores they produce.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from recommender.base import Recommender, binarised, blas_threads, cosine_neighbours, top_k
+
+
+class Popularity(Recommender):
+    """Score = number of distinct training users of the item; the same list for everyone.
+
+    Counting users rather than summing weights keeps one heavy user from making an item
+    'popular' (and matches the MostPop baseline of the published comparisons).
+    """
+
+    name = "popularity"
+
+    def __init__(self) -> None:
+        self.counts: np.ndarray | None = None
+
+    def fit(self, user_items: sp.csr_matrix) -> Self:
+        matrix = self._fitted_on(user_items)
+        self.counts = np.asarray(binarised(matrix).sum(axis=0), dtype=np.float32).ravel()
+        return self
+
+    def score(self, user_rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        self._check_fitted()
+        return np.repeat(self.counts[None, :], len(user_rows), axis=0)
+
+
+class ItemKNN(Recommender):
+    """Item-based collaborative filtering: cosine between items' user sets, shrunk and pruned.
+
+    sim(i, j) = |U_i & U_j| / (sqrt(|U_i|) sqrt(|U_j|) + shrinkage) on the binarised matrix;
+    shrinkage damps similarities supported by few co-occurrences. Each item keeps its
+    `neighbours` most similar items (itself excluded), and a user's score for item j is the
+    sum of sim(i, j) over the items i in the user's history, so a user the model never saw is
+    scored from its history alone. Similarities are computed in blocks of items, so memory
+    stays at `block` x n_items dense scores whatever the catalogue size.
+    """
+
+    name = "itemknn"
+
+    def __init__(self, neighbours: int = 100, shrinkage: float = 0.0, block: int = 256) -> None:
+        if neighbours < 1:
+            raise ValueError("neighbours must be >= 1")
+        if shrinkage < 0:
+            raise ValueError("shrinkage must be >= 0")
+        self.neighbours, self.shrinkage, self.block = int(neighbours), float(shrinkage), block
+        self.similarity: sp.csr_matrix | None = None  # items x items, row i = i's neighbours
+
+    def fit(self, user_items: sp.csr_matrix) -> Self:
+        matrix = binarised(self._fitted_on(user_items))
+        item_users = matrix.T.tocsr()
+        norms = np.sqrt(np.asarray(item_users.sum(axis=1), dtype=np.float32).ravel())
+        keep = min(self.neighbours, max(self.n_items - 1, 1))
+        rows, cols, vals = [], [], []
+        for start in range(0, self.n_items, self.block):
+            stop = min(start + self.block, self.n_items)
+            co = (item_users[start:stop] @ matrix).toarray()
+            denom = norms[start:stop, None] * norms[None, :] + self.shrinkage
+            sims = np.divide(co, denom, out=np.zeros_like(co), where=denom > 0)
+            sims[np.arange(stop - start), np.arange(start, stop)] = 0.0  # not its own neighbour
+            ids, best = top_k(sims, keep)
+            positive = best > 0
+            rows.append(np.nonzero(positive)[0] + start)
+            cols.append(ids[positive])
+            vals.append(best[positive])
+        self.similarity = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(self.n_items, self.n_items), dtype=np.float32,
+        )
+        return self
+
+    def score(self, user_rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        self._check_fitted()
+        return (binarised(user_items) @ self.similarity).toarray()
+
+    def similar_items(self, item: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The item's kept neighbours (at most `neighbours` of them), most similar first."""
+        self._check_fitted()
+        row = self.similarity[item]
+        order = np.argsort(-row.data, kind="stable")[:k]
+        return row.indices[order].astype(np.int64), row.data[order]
+
+
+class BPRMF(Recommender):
+    """Matrix factorisation trained with BPR's pairwise loss, via implicit's CPU implementation.
+
+    implicit's BPR learns an item bias as the last factor column (the users' last column is
+    fixed at 1), so an unseen user scores items by that bias, a learned popularity. Training
+    is hogwild SGD: results are reproducible for a seed only with `num_threads=1` (the
+    default); with more threads updates race and runs may differ slightly.
+    """
+
+    name = "bpr"
+
+    def __init__(
+        self, factors: int = 64, learning_rate: float = 0.01, regularization: float = 0.01,
+        iterations: int = 100, seed: int | None = 0, num_threads: int = 1,
+        verify_negative_samples: bool = True,
+    ) -> None:
+        self.factors, self.learning_rate = factors, learning_rate
+        self.regularization, self.iterations = regularization, iterations
+        self.seed, self.num_threads = seed, num_threads
+        self.verify_negative_samples = verify_negative_samples
+        self.user_factors: np.ndarray | None = None
+        self.item_factors: np.ndarray | None = None
+
+    def fit(self, user_items: sp.csr_matrix) -> Self:
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        matrix = binarised(self._fitted_on(user_items))
+        with blas_threads(1):
+            model = BayesianPersonalizedRanking(
+                factors=self.factors, learning_rate=self.learning_rate,
+                regularization=self.regularization, iterations=self.iterations,
+                num_threads=self.num_threads, random_state=self.seed,
+                verify_negative_samples=self.verify_negative_samples,
+            )
+            model.fit(matrix, show_progress=False)
+        self.user_factors, self.item_factors = model.user_factors, model.item_factors
+        return self
+
+    def score(self, user_rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        self._check_fitted()
+        users = np.zeros((len(user_rows), self.item_factors.shape[1]), dtype=np.float32)
+        users[:, -1] = 1.0  # unseen users: item bias only
+        known = user_rows < len(self.user_factors)
+        users[known] = self.user_factors[user_rows[known]]
+        with blas_threads(self.num_threads):
+            return users @ self.item_factors.T
+
+    def similar_items(self, item: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine over the items' factors (bias column excluded)."""
+        self._check_fitted()
+        return cosine_neighbours(self.item_factors[:, :-1], item, k)
