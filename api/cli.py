@@ -18,12 +18,16 @@ from kg.store import GraphStore
 from kg.workspace import DEFAULT_WORKSPACE, StoreKind, default_store_kind, open_store
 
 
-def _store_options(parser: argparse.ArgumentParser) -> None:
+def _workspace_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workspace", type=Path, default=None,
         help=f"directory for the embedded store and artifacts (default: $SHOPGRAPH_WORKSPACE "
              f"or ./{DEFAULT_WORKSPACE})",
     )
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    _workspace_option(parser)
     parser.add_argument(
         "--store", choices=["embedded", "neo4j"], default=None,
         help="graph store (default: $SHOPGRAPH_STORE or embedded); neo4j reads NEO4J_URI, "
@@ -76,6 +80,61 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Build content vectors, the joint text-image space and the search indexes."""
+    from kg.workspace import default_workspace
+    from recommender.content import build_content, content_dir
+
+    workspace = args.workspace or default_workspace()
+    with _open(args) as store:
+        artifacts = build_content(store, workspace, text_encoder=args.text_encoder,
+                                  image_encoder=args.image_encoder, progress=not args.quiet)
+    meta = artifacts.meta
+    if args.json:
+        print(json.dumps(meta))
+        return 0
+    print(f"content artifacts for {meta['products']:,} products ({meta['with_image']:,} with "
+          f"a photo) in {content_dir(workspace)} ({meta['seconds']} s)")
+    if meta["image_errors"]:
+        print(f"  skipped {meta['image_errors']} unreadable images, e.g. "
+              f"{next(iter(meta['image_error_examples'].values()))}")
+    joint = meta["joint"]
+    if "heldout" in joint:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in joint["heldout"].items())
+        print(f"  joint text-image space, {joint['pairs_heldout']} held-out pairs: {shown}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Text, image or text+image product search; one query, or a file of them."""
+    from kg.workspace import default_workspace
+    from recommender.search import ProductSearch
+
+    if args.queries is None and not args.query and args.image is None:
+        raise ValueError("give a QUERY, --image PATH, or --queries FILE")
+    if args.image is not None and not args.image.is_file():
+        raise FileNotFoundError(f"image not found: {args.image}")
+    search = ProductSearch.load(args.workspace or default_workspace())
+    options = {"k": args.k, "category": args.category, "brand": args.brand}
+    if args.queries is not None:
+        lines = Path(args.queries).read_text(encoding="utf-8").splitlines()
+        for line in lines:
+            if line.strip():
+                result = search.search(line.strip(), **options)
+                print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
+        return 0
+    result = search.search(args.query or None, image=args.image, **options)
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return 0
+    if result.understood.get("concepts"):
+        found = ", ".join(f"{kind}={value}" for kind, value in result.understood["concepts"])
+        print(f"understood: {found}")
+    for rank, hit in enumerate(result.hits, start=1):
+        print(f"{rank:>3}. {hit.id:<12} {hit.score:6.3f}  {hit.title}")
+    return 0
+
+
 def _print_counts(counts: dict[str, dict[str, int]]) -> None:
     for section in ("nodes", "relationships"):
         print(f"{section}:")
@@ -105,6 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON")
     _store_options(stats)
     stats.set_defaults(func=cmd_stats)
+    train = sub.add_parser("train", help="build content vectors, joint space and indexes")
+    train.add_argument("--text-encoder", default="e5",
+                       help="e5 (default, multilingual) | minilm | hf:/path/to/model")
+    train.add_argument("--image-encoder", default="efficientnet-lite0",
+                       help="efficientnet-lite0 (default) | hf:/path/to/clip")
+    train.add_argument("--json", action="store_true", help="print a JSON summary")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    _store_options(train)
+    train.set_defaults(func=cmd_train)
+
+    search = sub.add_parser("search", help="search products by text and/or image")
+    search.add_argument("query", nargs="?", default="", help="words, Chinese or English")
+    search.add_argument("--image", type=Path, default=None, help="a photo to search by")
+    search.add_argument("--queries", type=Path, default=None,
+                        help="a file with one query per line; prints one JSON line per query")
+    search.add_argument("--k", type=int, default=10, help="how many results (default 10)")
+    search.add_argument("--category", default=None, help='e.g. "Apparel > Topwear"')
+    search.add_argument("--brand", default=None, help="brand name")
+    search.add_argument("--json", action="store_true", help="print JSON")
+    _workspace_option(search)
+    search.set_defaults(func=cmd_search)
     return parser
 
 

@@ -1,0 +1,214 @@
+"""Content artifacts for a loaded workspace: product texts, vectors, the joint space, indexes.
+
+`build_content` is the search part of `shopgraph train`: it flattens each product's graph
+context into an English document, encodes documents (E5 passages) and photos (EfficientNet),
+trains the joint text-image space on the products that have both, and writes everything under
+`WORKSPACE/artifacts/content/`. Encodings are cached by content hash, so a re-run only encodes
+what changed.
+
+A product's content vector (the GNN's input) fuses its modalities: the L2-normalised
+concatenation of its document embedding and its joint-space vector, where the joint vector
+comes from the photo when there is one and from the text tower otherwise (both towers map into
+the same space, so a missing photo leaves no hole).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from encoders.joint import JointConfig, JointSpace
+from kg.export import export_graph, product_catalog
+from kg.schema import ATTRIBUTE, CATEGORY
+from kg.store import GraphStore
+
+CONTENT_DIR = ("artifacts", "content")
+ATTRIBUTE_ORDER = ("colour", "gender", "usage", "season")
+HOLDOUT_SHARE = 0.10
+
+
+def product_document(row: pd.Series) -> str:
+    """The English text a product is searched by: title plus its graph context."""
+    parts = [str(row.get("title") or "")]
+    category = row.get("category")
+    if isinstance(category, str):
+        parts.append(category.replace(" > ", " "))
+    for key in ("brand", *ATTRIBUTE_ORDER):
+        value = row.get(key)
+        if isinstance(value, str) and value:
+            parts.append(value.replace("|", " "))
+    return ". ".join(p for p in parts if p)
+
+
+def is_holdout(product_id: str, share: float = HOLDOUT_SHARE) -> bool:
+    """A stable 10% of products held out from joint-space training, by id hash."""
+    digest = hashlib.sha256(product_id.encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < share
+
+
+@dataclass
+class ContentArtifacts:
+    """Everything search needs about the catalog, aligned row by row with `catalog`."""
+
+    catalog: pd.DataFrame
+    documents: list[str]
+    text_vectors: np.ndarray
+    image_features: np.ndarray
+    has_image: np.ndarray
+    joint: JointSpace
+    joint_vectors: np.ndarray
+    attributes: pd.DataFrame  # Attribute nodes (for query understanding)
+    categories: pd.DataFrame  # Category nodes
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.catalog["id"].astype(str).tolist()
+
+    def content_vectors(self) -> np.ndarray:
+        """Fused per-product content vectors (text document + joint space), normalised."""
+        fused = np.hstack([self.text_vectors, self.joint_vectors]).astype(np.float32)
+        return fused / np.maximum(np.linalg.norm(fused, axis=1, keepdims=True), 1e-12)
+
+    def subset(self, rows: np.ndarray) -> ContentArtifacts:
+        """The same artifacts for some products only (e.g. a smaller catalog to time)."""
+        rows = np.asarray(rows)
+        return ContentArtifacts(
+            catalog=self.catalog.iloc[rows].reset_index(drop=True),
+            documents=[self.documents[i] for i in rows], text_vectors=self.text_vectors[rows],
+            image_features=self.image_features[rows], has_image=self.has_image[rows],
+            joint=self.joint, joint_vectors=self.joint_vectors[rows],
+            attributes=self.attributes, categories=self.categories, meta=dict(self.meta),
+        )
+
+    def save(self, directory: Path) -> None:
+        """Write atomically: a temporary folder renamed over the old one."""
+        tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.catalog.to_parquet(tmp / "catalog.parquet", index=False)
+        self.attributes.to_parquet(tmp / "attributes.parquet", index=False)
+        self.categories.to_parquet(tmp / "categories.parquet", index=False)
+        (tmp / "documents.json").write_text(json.dumps(self.documents, ensure_ascii=False))
+        np.save(tmp / "text_vectors.npy", self.text_vectors)
+        np.save(tmp / "image_features.npy", self.image_features)
+        np.save(tmp / "has_image.npy", self.has_image)
+        np.save(tmp / "joint_vectors.npy", self.joint_vectors)
+        self.joint.save(tmp / "joint")
+        (tmp / "meta.json").write_text(json.dumps(self.meta, indent=1))
+        if directory.exists():
+            old = directory.with_name(directory.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(directory)
+
+    @classmethod
+    def load(cls, directory: Path) -> ContentArtifacts:
+        if not (directory / "meta.json").exists():
+            raise FileNotFoundError(
+                f"no content artifacts in {directory}; run `shopgraph train` first")
+        return cls(
+            catalog=pd.read_parquet(directory / "catalog.parquet"),
+            documents=json.loads((directory / "documents.json").read_text()),
+            text_vectors=np.load(directory / "text_vectors.npy"),
+            image_features=np.load(directory / "image_features.npy"),
+            has_image=np.load(directory / "has_image.npy"),
+            joint=JointSpace.load(directory / "joint"),
+            joint_vectors=np.load(directory / "joint_vectors.npy"),
+            attributes=pd.read_parquet(directory / "attributes.parquet"),
+            categories=pd.read_parquet(directory / "categories.parquet"),
+            meta=json.loads((directory / "meta.json").read_text()),
+        )
+
+
+def content_dir(workspace: Path) -> Path:
+    return Path(workspace).joinpath(*CONTENT_DIR)
+
+
+def build_content(
+    store: GraphStore, workspace: Path, text_encoder: str = "e5",
+    image_encoder: str = "efficientnet-lite0", joint_config: JointConfig | None = None,
+    progress: bool = False,
+) -> ContentArtifacts:
+    """Encode the catalog, train the joint space and save everything in the workspace."""
+    from encoders.cache import EmbeddingCache, encode_files_cached, encode_texts_cached
+    from encoders.image import load_image_encoder
+    from encoders.text import load_text_encoder
+
+    started = time.perf_counter()
+    workspace = Path(workspace)
+    catalog = product_catalog(export_graph(store))
+    if catalog.empty:
+        raise ValueError("the store holds no products; run `shopgraph load` first")
+    documents = [product_document(row) for _, row in catalog.iterrows()]
+    cache_root = workspace / "cache" / "embeddings"
+
+    text = load_text_encoder(text_encoder)
+    # one encoding per product serves dense retrieval and the joint space's text tower
+    text_vectors = encode_texts_cached(text, documents, EmbeddingCache(cache_root, text.name),
+                                       kind="passage", progress=progress)
+
+    images = load_image_encoder(image_encoder)
+    paths = catalog.get("image", pd.Series([None] * len(catalog)))
+    with_path = np.array([isinstance(p, str) and bool(p) for p in paths])
+    image_features = np.zeros((len(catalog), images.dim), dtype=np.float32)
+    has_image = np.zeros(len(catalog), dtype=bool)
+    image_errors: dict[str, str] = {}
+    if with_path.any():
+        rows = np.flatnonzero(with_path)
+        encoded = encode_files_cached(images, [Path(paths.iloc[i]) for i in rows],
+                                      EmbeddingCache(cache_root, images.name), progress=progress)
+        image_features[rows] = encoded.vectors
+        has_image[rows] = encoded.ok
+        image_errors = {str(catalog["id"].iloc[rows[i]]): msg
+                        for i, msg in encoded.errors.items()}
+
+    ids = catalog["id"].astype(str)
+    holdout = ids.map(is_holdout).to_numpy(bool)
+    train_rows = np.flatnonzero(has_image & ~holdout)
+    test_rows = np.flatnonzero(has_image & holdout)
+    joint = JointSpace(images.dim, text.dim, joint_config)
+    report: dict[str, Any] = {"pairs_train": len(train_rows), "pairs_heldout": len(test_rows)}
+    if len(test_rows) >= 10:
+        baseline = JointSpace(images.dim, text.dim, joint_config)  # untrained = random projection
+        report["random_projection"] = baseline.evaluate(image_features[test_rows],
+                                                        text_vectors[test_rows])
+    if len(train_rows) >= 2:
+        t0 = time.perf_counter()
+        losses = joint.fit(image_features[train_rows], text_vectors[train_rows], progress)
+        report["train_seconds"] = round(time.perf_counter() - t0, 1)
+        report["final_loss"] = round(losses[-1], 4)
+    if len(test_rows) >= 10:
+        report["heldout"] = joint.evaluate(image_features[test_rows], text_vectors[test_rows])
+
+    joint_vectors = joint.embed_texts(text_vectors)
+    if has_image.any():
+        joint_vectors[has_image] = joint.embed_images(image_features[has_image])
+
+    artifacts = ContentArtifacts(
+        catalog=catalog, documents=documents, text_vectors=text_vectors,
+        image_features=image_features, has_image=has_image, joint=joint,
+        joint_vectors=joint_vectors,
+        attributes=store.node_table(ATTRIBUTE), categories=store.node_table(CATEGORY),
+        meta={
+            "text_encoder": text.name, "image_encoder": images.name,
+            "text_spec": text_encoder, "image_spec": image_encoder,
+            "products": len(catalog), "with_image": int(has_image.sum()),
+            "image_errors": len(image_errors), "image_error_examples":
+                dict(list(image_errors.items())[:5]),
+            "joint": report, "seconds": round(time.perf_counter() - started, 1),
+        },
+    )
+    artifacts.save(content_dir(workspace))
+    return artifacts
