@@ -26,6 +26,7 @@ from recommender.fusion import fuse
 from recommender.query import Concept, ParsedQuery, QueryUnderstanding, concept_mask
 
 SOURCES = ("bm25", "text", "image", "graph")
+QUERY_CACHE_SIZE = 10_000
 DEFAULT_WEIGHTS = {"bm25": 0.5, "text": 1.0, "image": 0.3, "graph": 1.0}
 
 
@@ -85,6 +86,7 @@ class ProductSearch:
         self.joint_index = _index(self.ids, artifacts.joint_vectors, self.catalog)
         self._masks: dict[Concept, np.ndarray] = {}
         self._row_cache: dict[str, int] | None = None
+        self._query_vectors: dict[str, np.ndarray] = {}
 
     @classmethod
     def load(cls, workspace: Path, **kwargs: Any) -> ProductSearch:
@@ -170,7 +172,7 @@ class ProductSearch:
                 scores["bm25"] = self._bm25_scores(parsed.english)
                 candidates |= _top(scores["bm25"], self.candidates, allowed)
             if "text" in sources or "image" in sources:
-                q = self.text_encoder.encode_queries([parsed.english])
+                q = self._encode_query(parsed.english)
                 if "text" in sources:
                     scores["text"] = self.artifacts.text_vectors @ q[0]
                     candidates |= self._from_index(self.text_index, q, filters)
@@ -210,6 +212,14 @@ class ProductSearch:
             for j in order
         ]
         return SearchResult(query, hits, understood)
+
+    def _encode_query(self, text: str) -> np.ndarray:
+        """E5 query vector, remembered: shoppers repeat queries and encoding costs ~50 ms."""
+        if text not in self._query_vectors:
+            if len(self._query_vectors) >= QUERY_CACHE_SIZE:
+                self._query_vectors.pop(next(iter(self._query_vectors)))
+            self._query_vectors[text] = self.text_encoder.encode_queries([text])
+        return self._query_vectors[text]
 
     def _from_index(self, index: Any, vectors: np.ndarray, filters: dict[str, str] | None
                     ) -> set[int]:
