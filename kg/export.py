@@ -60,11 +60,20 @@ class GraphSnapshot:
             raise ValueError(f"relationship points at unknown {label} {bad!r}")
         return pos
 
-    def interaction_matrix(self, kinds: list[str] | None = None) -> sp.csr_matrix:
-        """Users x products, summing `weight` over the chosen interaction kinds (all if None)."""
+    def interaction_matrix(self, kinds: list[str] | None = None, split: str | None = None
+                           ) -> sp.csr_matrix:
+        """Users x products, summing `weight` over the chosen interaction kinds (all if None).
+
+        `split` keeps only relationships whose `split` property has that value (data sets that
+        ship their own train/test split, such as gowalla).
+        """
         table = self.rels[INTERACTED.name]
         if kinds is not None:
             table = table[table["key"].isin(kinds)]
+        if split is not None:
+            if "split" not in table:
+                raise ValueError("these interactions carry no `split` property")
+            table = table[table["split"] == split]
         weights = _numeric(table, "weight", 1.0).astype(float)
         rows = self._positions(USER, table["source"])
         cols = self._positions(PRODUCT, table["target"])

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from kg.embedded import EmbeddedStore
+from kg.export import export_graph
 from kg.importers.gowalla import build as build_gowalla
 from kg.importers.gowalla import default_dir as gowalla_dir
 from kg.schema import INTERACTED, DataError
@@ -194,6 +196,13 @@ def test_gowalla_small_files(tmp_path: Path) -> None:
     assert "org_id" not in result.batch.node_frame("User")
     train, test = load_lightgcn_split(d)
     assert train.shape == (3, 4) and train.nnz == 3 and test[0, 3] == 1
+    # through a store, the export keeps the split apart
+    store = EmbeddedStore(tmp_path / "g")
+    store.load(result.batch)
+    snap = export_graph(store)
+    assert snap.interaction_matrix(split="train").nnz == 3
+    assert snap.interaction_matrix(split="test").nnz == 2
+    assert snap.interaction_matrix().nnz == 5
 
 
 @pytest.mark.parametrize(("train", "test", "file", "line", "field"), [
