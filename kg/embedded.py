@@ -46,6 +46,7 @@ class EmbeddedStore(GraphStore):
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._graph: nx.MultiDiGraph | None = None
+        self._id_index: dict[str, tuple[pd.DataFrame, pd.Index]] = {}
         self._nodes: dict[str, pd.DataFrame] = {}
         self._rels: dict[str, pd.DataFrame] = {}
         self._version = self._read_current()
@@ -135,10 +136,14 @@ class EmbeddedStore(GraphStore):
         table = self._nodes.get(label)
         if table is None:
             return None
-        hits = table.index[table["id"] == str(node_id)]
-        if len(hits) == 0:
+        cached = self._id_index.get(label)
+        if cached is None or cached[0] is not table:  # tables are replaced, never mutated
+            cached = (table, pd.Index(table["id"]))
+            self._id_index[label] = cached
+        position = cached[1].get_indexer([str(node_id)])[0]
+        if position < 0:
             return None
-        return row_props(table.loc[hits[0]].to_dict())
+        return row_props(table.iloc[position].to_dict())
 
     def _adjacent(
         self, frontier: list[NodeRef], rel_types: list[str] | None
