@@ -196,6 +196,36 @@ def latency(search, texts: list[str], repeat: int = 1) -> dict[str, float]:  # n
             "p99_ms": round(float(np.percentile(times, 99)), 2), "queries": len(times)}
 
 
+PROBES = {"red dress": ("Red", "Dresses"), "黑色运动鞋": ("Black", "Sports Shoes"),
+          "blue jeans": ("Blue", "Jeans"), "white tshirt": ("White", "Tshirts"),
+          "brown wallet": ("Brown", "Wallets"), "粉色手提包": ("Pink", "Handbags")}
+
+
+def joint_probes(search, artifacts) -> dict[str, dict[str, float]]:  # noqa: ANN001
+    """Joint space alone, over the products with photos: do words find colour and type?"""
+    photos = ProductSearchOverPhotos(search, artifacts)
+    out = {}
+    for text, (colour, kind) in PROBES.items():
+        rows = photos.top(text)
+        cat = artifacts.catalog.iloc[rows]
+        out[text] = {"colour@10": float((cat["colour"] == colour).mean()),
+                     "type@10": float(cat["category"].str.endswith(kind).mean())}
+    return out
+
+
+class ProductSearchOverPhotos:
+    """Text -> joint space -> nearest product photos (image vectors only, no text signals)."""
+
+    def __init__(self, search, artifacts) -> None:  # noqa: ANN001
+        self.search, self.rows = search, np.flatnonzero(artifacts.has_image)
+        self.vectors = artifacts.joint.embed_images(artifacts.image_features[self.rows])
+
+    def top(self, text: str, k: int = K) -> np.ndarray:
+        english = self.search.understanding.parse(text).english
+        q = self.search.artifacts.joint.embed_texts(self.search._encode_query(english))[0]
+        return self.rows[np.argsort(-(self.vectors @ q))[:k]]
+
+
 def machine() -> str:
     import psutil
 
@@ -251,19 +281,21 @@ def main() -> None:
     }
     results = {name: evaluate(system, test, relevant) for name, system in table.items()}
 
+    probes = joint_probes(search, artifacts)
     english = [q["text"] for q in test if q["lang"] == "en"][:100]
     chinese = [q["text"] for q in test if q["lang"] == "zh"][:50]
     search.weights = weights
-    timing = {"44k (all products)": latency(search, english + chinese)}
+    timing = {f"{len(artifacts.ids):,} products (all)": latency(search, english + chinese)}
     with_image = np.flatnonzero(artifacts.has_image)
     small = ProductSearch(artifacts.subset(with_image), text_encoder=search.text_encoder,
                           weights=weights)
-    timing[f"{len(with_image) // 1000}k (products with photos)"] = latency(small,
-                                                                          english + chinese)
+    timing[f"{len(with_image):,} products (those with photos)"] = latency(
+        small, english + chinese)
     report = {
         "machine": machine(), "queries": {"dev": len(dev), "test": len(test),
-                                          "file": str(QUERIES.relative_to(ROOT))},
+                                          "file": os.path.relpath(QUERIES, ROOT)},
         "tuned_weights": weights, "results": results, "latency": timing,
+        "joint_probes": probes,
         "content": artifacts.meta,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -273,7 +305,8 @@ def main() -> None:
 
 
 def markdown(report: dict) -> str:
-    lines = ["# Search benchmark: fashion catalog (44,446 products)", "",
+    lines = [f"# Search benchmark: fashion catalog ({report['content']['products']:,} products)",
+             "",
              f"Machine: {report['machine']}. Command: `python benchmarks/search.py`. "
              f"Test queries: {report['queries']['test']} (tuning used the other "
              f"{report['queries']['dev']}).", "",
@@ -289,6 +322,11 @@ def markdown(report: dict) -> str:
               "| catalog | p50 ms/query | p99 ms/query |", "|---|---:|---:|"]
     for name, t in report["latency"].items():
         lines.append(f"| {name} | {t['p50_ms']} | {t['p99_ms']} |")
+    lines += ["", "Joint space alone over the photos (text -> image), share of top-10 with the "
+              "asked colour / article type:", "", "| query | colour@10 | type@10 |",
+              "|---|---:|---:|"]
+    for text, probe in report.get("joint_probes", {}).items():
+        lines.append(f"| {text} | {probe['colour@10']:.1f} | {probe['type@10']:.1f} |")
     joint = report["content"].get("joint", {})
     if "heldout" in joint:
         lines += ["", f"Joint text-image space, held-out pairs ({joint['pairs_heldout']}):", "",
