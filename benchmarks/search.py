@@ -92,7 +92,7 @@ def relevant_rows(catalog: pd.DataFrame, attributes: dict[str, str]) -> np.ndarr
     frame = catalog.assign(articleType=article_type(catalog))
     mask = np.ones(len(frame), dtype=bool)
     for key, value in attributes.items():
-        mask &= (frame[key] == value).to_numpy(bool)
+        mask &= (frame[key] == value).fillna(False).to_numpy(bool)
     return np.flatnonzero(mask)
 
 
