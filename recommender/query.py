@@ -10,6 +10,7 @@ dense retrieval can use. This is how a Chinese query reaches an English catalog.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,17 +148,25 @@ def _display(concepts: set[Concept]) -> str:
     return sorted(concepts, key=_order)[0].value
 
 
-def match_scores(catalog: pd.DataFrame, parsed: ParsedQuery) -> np.ndarray:
-    """Per product, the share of the query's phrases it satisfies (the graph relevance)."""
-    if not parsed.groups:
+def match_scores(
+    catalog: pd.DataFrame, groups: list[list[Concept]],
+    mask: Callable[[pd.DataFrame, Concept], np.ndarray] | None = None,
+) -> np.ndarray:
+    """Per product, the share of the query's phrases it satisfies (the graph relevance).
+
+    A phrase (group) is satisfied when the product carries any of its concepts. `mask`
+    replaces `concept_mask`, e.g. with a cached lookup when the catalog is searched often.
+    """
+    if not groups:
         return np.zeros(len(catalog), dtype=np.float32)
+    mask = mask or concept_mask
     total = np.zeros(len(catalog), dtype=np.float32)
-    for group in parsed.groups:
+    for group in groups:
         hit = np.zeros(len(catalog), dtype=bool)
         for concept in group:
-            hit |= concept_mask(catalog, concept)
+            hit |= mask(catalog, concept)
         total += hit
-    return total / len(parsed.groups)
+    return total / len(groups)
 
 
 def concept_mask(catalog: pd.DataFrame, concept: Concept) -> np.ndarray:

@@ -23,7 +23,13 @@ import pandas as pd
 
 from recommender.content import ContentArtifacts, content_dir
 from recommender.fusion import fuse
-from recommender.query import Concept, ParsedQuery, QueryUnderstanding, concept_mask
+from recommender.query import (
+    Concept,
+    ParsedQuery,
+    QueryUnderstanding,
+    concept_mask,
+    match_scores,
+)
 
 SOURCES = ("bm25", "text", "image", "graph")
 QUERY_CACHE_SIZE = 10_000
@@ -120,18 +126,11 @@ class ProductSearch:
             return np.zeros(len(self.ids), dtype=np.float32)
         return np.asarray(self.bm25.get_scores(tokens), dtype=np.float32)
 
-    def _graph_scores(self, groups: list[list[Concept]]) -> np.ndarray:
-        if not groups:
-            return np.zeros(len(self.ids), dtype=np.float32)
-        total = np.zeros(len(self.ids), dtype=np.float32)
-        for group in groups:
-            hit = np.zeros(len(self.ids), dtype=bool)
-            for concept in group:
-                if concept not in self._masks:
-                    self._masks[concept] = concept_mask(self.catalog, concept)
-                hit |= self._masks[concept]
-            total += hit
-        return total / len(groups)
+    def _concept_mask(self, catalog: pd.DataFrame, concept: Concept) -> np.ndarray:
+        """`concept_mask`, remembered per concept: the catalog does not change under us."""
+        if concept not in self._masks:
+            self._masks[concept] = concept_mask(catalog, concept)
+        return self._masks[concept]
 
     def _filter_mask(self, category: str | None, brand: str | None) -> np.ndarray | None:
         if category is None and brand is None:
@@ -143,7 +142,7 @@ class ProductSearch:
         if brand is not None:
             names = self.catalog.get("brand", pd.Series([""] * len(self.ids))).fillna("")
             mask &= names.str.lower() == brand.lower()
-        return mask.to_numpy(bool) if hasattr(mask, "to_numpy") else mask
+        return mask
 
     # ---- the search ------------------------------------------------------------------------
     def search(self, query: str | None = None, image: Any = None, k: int = 10,
@@ -191,7 +190,7 @@ class ProductSearch:
                 groups.append([votes])
                 understood["image_type"] = votes.value
         if "graph" in sources and groups:
-            scores["graph"] = self._graph_scores(groups)
+            scores["graph"] = match_scores(self.catalog, groups, self._concept_mask)
             candidates |= _top(scores["graph"] + 1e-3 * scores.get("text", np.zeros(n)),
                                self.candidates, allowed, positive=True)
         if not scores:

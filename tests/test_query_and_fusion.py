@@ -52,7 +52,7 @@ def test_match_scores_counts_satisfied_phrases(understanding) -> None:
         "category": ["Footwear > Shoes > Sports Shoes", "Footwear > Shoes > Casual Shoes",
                      "Footwear > Shoes > Sports Shoes"],
     })
-    scores = match_scores(catalog, understanding.parse("男士黑色运动鞋"))
+    scores = match_scores(catalog, understanding.parse("男士黑色运动鞋").groups)
     assert scores.tolist() == pytest.approx([1.0, 1 / 3, 2 / 3])
 
 
