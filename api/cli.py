@@ -81,20 +81,48 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Build content vectors, the joint text-image space and the search indexes."""
+    """Content vectors and search indexes (if missing), then the hybrid recommender."""
+    from kg.export import export_graph
     from kg.workspace import default_workspace
     from recommender.content import build_content, content_dir
+    from recommender.training import HybridConfig, train_recommender
 
     workspace = args.workspace or default_workspace()
+    log = (lambda message: None) if args.quiet or args.json else print
+    summary: dict = {}
     with _open(args) as store:
-        artifacts = build_content(store, workspace, text_encoder=args.text_encoder,
-                                  image_encoder=args.image_encoder, progress=not args.quiet)
-    meta = artifacts.meta
+        if not args.no_content and (args.rebuild_content
+                                    or not (content_dir(workspace) / "meta.json").is_file()):
+            artifacts = build_content(store, workspace, text_encoder=args.text_encoder,
+                                      image_encoder=args.image_encoder,
+                                      progress=not args.quiet)
+            summary["content"] = artifacts.meta
+            if not args.json:
+                _print_content(artifacts.meta, content_dir(workspace))
+        interactions = export_graph(store).rels["INTERACTED"]
+        if interactions.empty:
+            summary["recommender"] = None
+            log("no interactions in the store: search is trained, the recommender is not")
+        else:
+            config = HybridConfig()
+            if args.no_gnn:
+                config.gnn = None
+            elif args.gnn_epochs is not None:
+                config.gnn = {**(config.gnn or {}), "epochs": args.gnn_epochs}
+            summary["recommender"] = train_recommender(store, workspace, config,
+                                                       holdout=args.holdout, log=log)
     if args.json:
-        print(json.dumps(meta))
-        return 0
+        print(json.dumps(summary, default=str))
+    elif summary.get("recommender"):
+        rec = summary["recommender"]
+        print(f"recommender {rec['version']} trained on {rec['interactions']:,} interactions "
+              f"({rec['held_out']:,} held out) in {rec['seconds']} s")
+    return 0
+
+
+def _print_content(meta: dict, directory: Path) -> None:
     print(f"content artifacts for {meta['products']:,} products ({meta['with_image']:,} with "
-          f"a photo) in {content_dir(workspace)} ({meta['seconds']} s)")
+          f"a photo) in {directory} ({meta['seconds']} s)")
     if meta["image_errors"]:
         print(f"  skipped {meta['image_errors']} unreadable images, e.g. "
               f"{next(iter(meta['image_error_examples'].values()))}")
@@ -102,6 +130,89 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "heldout" in joint:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in joint["heldout"].items())
         print(f"  joint text-image space, {joint['pairs_heldout']} held-out pairs: {shown}")
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """Personalised recommendations for one user, or a file of user ids (JSON lines)."""
+    from kg.workspace import default_workspace
+    from recommender.service import RecommendationService, UnknownIdError
+
+    if args.users is None and not args.user_id:
+        raise ValueError("give a USER_ID or --users FILE")
+    service = RecommendationService.load(args.workspace or default_workspace())
+    options = {"k": args.k, "category": args.category, "brand": args.brand,
+               "diversity": args.diversity, "explain": args.explain or args.json}
+    if args.users is not None:
+        if not args.users.is_file():
+            raise FileNotFoundError(f"users file not found: {args.users}")
+        for line in args.users.read_text(encoding="utf-8").splitlines():
+            user = line.strip()
+            if not user:
+                continue
+            try:
+                items = [r.to_dict() for r in service.recommend(user, **options)]
+                out = {"user": user, "items": items}
+            except UnknownIdError as exc:
+                out = {"user": user, "error": str(exc)}
+            print(json.dumps(out, ensure_ascii=False), flush=True)
+        return 0
+    try:
+        recs = service.recommend(args.user_id, **options)
+    except UnknownIdError as exc:
+        raise ValueError(str(exc)) from exc
+    if args.json:
+        print(json.dumps({"user": args.user_id, "items": [r.to_dict() for r in recs]},
+                         ensure_ascii=False))
+        return 0
+    _print_items(recs, args.explain)
+    return 0
+
+
+def cmd_related(args: argparse.Namespace) -> int:
+    """Products related to one product (co-purchase, graph, embeddings)."""
+    from kg.workspace import default_workspace
+    from recommender.service import RecommendationService, UnknownIdError
+
+    service = RecommendationService.load(args.workspace or default_workspace())
+    try:
+        recs = service.related(args.product_id, k=args.k)
+    except UnknownIdError as exc:
+        raise ValueError(str(exc)) from exc
+    if args.json:
+        print(json.dumps({"product": args.product_id, "items": [r.to_dict() for r in recs]},
+                         ensure_ascii=False))
+        return 0
+    _print_items(recs, True)
+    return 0
+
+
+def _print_items(recs: list, explain: bool) -> None:
+    for rank, rec in enumerate(recs, start=1):
+        title = rec.title or ""
+        print(f"{rank:>3}. {rec.id:<12} {rec.score:7.3f}  {title}")
+        if explain:
+            for reason in rec.reasons:
+                print(f"       - {reason}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Every model side by side on the data set's split (see recommender/experiment.py)."""
+    from recommender.experiment import MODELS, load_split, markdown_table, run_models
+    from recommender.training import HybridConfig
+
+    models = args.models.split(",") if args.models else list(MODELS)
+    log = (lambda message: None) if args.quiet or args.json else (
+        lambda message: print(message, file=sys.stderr))
+    split = load_split(args.dataset, args.data_dir, progress=not args.quiet)
+    config = HybridConfig(half_life=split.half_life)
+    if args.gnn_epochs is not None and config.gnn is not None:
+        config.gnn = {**config.gnn, "epochs": args.gnn_epochs}
+    report = run_models(split, models, config, k=args.k, log=log)
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        print(f"{args.dataset}: {split.description}")
+        print(markdown_table(report))
     return 0
 
 
@@ -164,15 +275,60 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON")
     _store_options(stats)
     stats.set_defaults(func=cmd_stats)
-    train = sub.add_parser("train", help="build content vectors, joint space and indexes")
+    train = sub.add_parser("train", help="build content vectors, search indexes and the "
+                                         "hybrid recommender")
     train.add_argument("--text-encoder", default="e5",
                        help="e5 (default, multilingual) | minilm | hf:/path/to/model")
     train.add_argument("--image-encoder", default="efficientnet-lite0",
                        help="efficientnet-lite0 (default) | hf:/path/to/clip")
+    train.add_argument("--holdout", type=Path, default=None,
+                       help="CSV of user_id,product_id interactions to leave out of training")
+    train.add_argument("--no-content", action="store_true",
+                       help="skip content vectors and search indexes (recommender only)")
+    train.add_argument("--rebuild-content", action="store_true",
+                       help="rebuild content artifacts even when they exist")
+    train.add_argument("--no-gnn", action="store_true", help="hybrid without the GNN source")
+    train.add_argument("--gnn-epochs", type=int, default=None,
+                       help="most GNN epochs (early stopping on validation picks fewer)")
     train.add_argument("--json", action="store_true", help="print a JSON summary")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
     _store_options(train)
     train.set_defaults(func=cmd_train)
+
+    recommend = sub.add_parser("recommend", help="personalised recommendations for a user")
+    recommend.add_argument("user_id", nargs="?", default="", help="a user id")
+    recommend.add_argument("--users", type=Path, default=None,
+                           help="a file with one user id per line; one JSON line per user")
+    recommend.add_argument("--k", type=int, default=10, help="how many (default 10)")
+    recommend.add_argument("--category", default=None, help="only this category (path prefix)")
+    recommend.add_argument("--brand", default=None, help="only this brand")
+    recommend.add_argument("--diversity", type=float, default=0.0,
+                           help="0 (default, pure relevance) .. 1 (MMR diversity re-ranking)")
+    recommend.add_argument("--explain", action="store_true", help="say why each item")
+    recommend.add_argument("--json", action="store_true", help="print JSON (with reasons)")
+    _workspace_option(recommend)
+    recommend.set_defaults(func=cmd_recommend)
+
+    related = sub.add_parser("related", help="products related to a product")
+    related.add_argument("product_id", help="a product id")
+    related.add_argument("--k", type=int, default=10, help="how many (default 10)")
+    related.add_argument("--json", action="store_true", help="print JSON")
+    _workspace_option(related)
+    related.set_defaults(func=cmd_related)
+
+    evaluation = sub.add_parser("evaluate", help="all models side by side on a data set's "
+                                                 "split")
+    evaluation.add_argument("dataset", help="ml100k-kg | gowalla | completejourney")
+    evaluation.add_argument("--data-dir", type=Path, default=None,
+                            help="where the data set's files are (default: its own default)")
+    evaluation.add_argument("--models", default=None,
+                            help="comma-separated subset of popularity,itemknn,bpr,als,gnn,"
+                                 "hybrid (default: all)")
+    evaluation.add_argument("--k", type=int, default=20, help="cut-off K (default 20)")
+    evaluation.add_argument("--gnn-epochs", type=int, default=None, help="most GNN epochs")
+    evaluation.add_argument("--json", action="store_true", help="print the full JSON report")
+    evaluation.add_argument("--quiet", action="store_true", help="no progress output")
+    evaluation.set_defaults(func=cmd_evaluate)
 
     search = sub.add_parser("search", help="search products by text and/or image")
     search.add_argument("query", nargs="?", default="", help="words, Chinese or English")

@@ -5,6 +5,7 @@ They share `Recommender`'s ranking, so their numbers differ only by the scores t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Self
 
 import numpy as np
@@ -34,6 +35,21 @@ class Popularity(Recommender):
         self._check_fitted()
         return np.repeat(self.counts[None, :], len(user_rows), axis=0)
 
+    def save(self, path: str | Path) -> Path:
+        """The counts as an `.npz` (no pickle)."""
+        self._check_fitted()
+        path = _npz(path)
+        np.savez(path, counts=self.counts, n_users=self.n_users)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Popularity:
+        with np.load(Path(path), allow_pickle=False) as data:
+            model = cls()
+            model.counts = data["counts"].astype(np.float32)
+            model.n_users, model.n_items = int(data["n_users"]), len(model.counts)
+        return model
+
 
 class ItemKNN(Recommender):
     """Item-based collaborative filtering: cosine between items' user sets, shrunk and pruned.
@@ -44,16 +60,21 @@ class ItemKNN(Recommender):
     sum of sim(i, j) over the items i in the user's history, so a user the model never saw is
     scored from its history alone. Similarities are computed in blocks of items, so memory
     stays at `block` x n_items dense scores whatever the catalogue size.
+
+    With `weighted_history` a user's score sums sim(i, j) times the weight of i in the
+    history passed in (e.g. a recency weight, so recent purchases count more) instead of 1.
     """
 
     name = "itemknn"
 
-    def __init__(self, neighbours: int = 100, shrinkage: float = 0.0, block: int = 256) -> None:
+    def __init__(self, neighbours: int = 100, shrinkage: float = 0.0, block: int = 256,
+                 weighted_history: bool = False) -> None:
         if neighbours < 1:
             raise ValueError("neighbours must be >= 1")
         if shrinkage < 0:
             raise ValueError("shrinkage must be >= 0")
         self.neighbours, self.shrinkage, self.block = int(neighbours), float(shrinkage), block
+        self.weighted_history = weighted_history
         self.similarity: sp.csr_matrix | None = None  # items x items, row i = i's neighbours
 
     def fit(self, user_items: sp.csr_matrix) -> Self:
@@ -81,7 +102,9 @@ class ItemKNN(Recommender):
 
     def score(self, user_rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         self._check_fitted()
-        return (binarised(user_items) @ self.similarity).toarray()
+        history = (sp.csr_matrix(user_items, dtype=np.float32) if self.weighted_history
+                   else binarised(user_items))
+        return (history @ self.similarity).toarray()
 
     def similar_items(self, item: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The item's kept neighbours (at most `neighbours` of them), most similar first."""
@@ -89,6 +112,28 @@ class ItemKNN(Recommender):
         row = self.similarity[item]
         order = np.argsort(-row.data, kind="stable")[:k]
         return row.indices[order].astype(np.int64), row.data[order]
+
+    def save(self, path: str | Path) -> Path:
+        """Parameters and the pruned similarity matrix as an `.npz` (no pickle)."""
+        self._check_fitted()
+        path = _npz(path)
+        sim = self.similarity
+        np.savez(path, data=sim.data, indices=sim.indices, indptr=sim.indptr,
+                 n_users=self.n_users, n_items=self.n_items, neighbours=self.neighbours,
+                 shrinkage=self.shrinkage, block=self.block,
+                 weighted_history=self.weighted_history)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ItemKNN:
+        with np.load(Path(path), allow_pickle=False) as data:
+            model = cls(int(data["neighbours"]), float(data["shrinkage"]), int(data["block"]),
+                        bool(data["weighted_history"]))
+            model.n_users, model.n_items = int(data["n_users"]), int(data["n_items"])
+            model.similarity = sp.csr_matrix(
+                (data["data"], data["indices"], data["indptr"]),
+                shape=(model.n_items, model.n_items))
+        return model
 
 
 class BPRMF(Recommender):
@@ -142,3 +187,8 @@ class BPRMF(Recommender):
         """Cosine over the items' factors (bias column excluded)."""
         self._check_fitted()
         return cosine_neighbours(self.item_factors[:, :-1], item, k)
+
+
+def _npz(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")

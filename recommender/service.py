@@ -1,0 +1,310 @@
+"""Recommendations by id, with filters, diversity, explanations, cold start and live events.
+
+`RecommendationService.load(workspace)` reads the current trained version (see
+`recommender.training`) and answers what the CLI and the HTTP API ask:
+
+- `recommend(user_id, k, category=, brand=, exclude_*=, diversity=, explain=)`: the hybrid's
+  blend for a known user, restricted by the filters (already-seen products and unavailable
+  ones are always out), re-ranked with MMR when `diversity` > 0, each item with its sources
+  and readable reasons. A user with fewer than `MIN_HISTORY` interactions (a new user) gets
+  the most popular products of the categories they touched, or overall;
+- `related(product_id, k)`: neighbours from co-purchase, the GNN, ALS and the graph paths;
+  a product nobody bought yet still gets graph (and GNN-from-content) neighbours;
+- `record_event(user_id, product_id, kind)`: appends to the in-memory history and re-solves
+  the user's ALS factors (fold-in), so the next `recommend` reflects it without retraining.
+  Writing the event to the graph store is the caller's job (the API does it first).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recommender.base import top_k
+from recommender.history import history_matrix
+from recommender.hybrid import HybridRecommender, Reason, mmr
+from recommender.training import current_version
+
+MIN_HISTORY = 3
+POOL = 200  # candidates re-ranked by MMR and filtered per request
+
+
+@dataclass
+class Recommendation:
+    """One recommended product: its id, score, the sources behind it and why."""
+
+    id: str
+    score: float
+    title: str | None = None
+    brand: str | None = None
+    category: str | None = None
+    image: str | None = None
+    sources: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": round(float(self.score), 6), "title": self.title,
+                "brand": self.brand, "category": self.category, "image": self.image,
+                "sources": self.sources, "reasons": self.reasons}
+
+
+class UnknownIdError(KeyError):
+    """A user or product id the trained model and its catalog do not know."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown id"
+
+
+class RecommendationService:
+    """Serves one trained artifact version; thread-safe for concurrent requests and events."""
+
+    def __init__(self, model: HybridRecommender, user_ids: list[str], product_ids: list[str],
+                 catalog: pd.DataFrame, history: pd.DataFrame, half_life: float | None,
+                 version: str = "") -> None:
+        self.model, self.version, self.half_life = model, version, half_life
+        self.user_ids = list(user_ids)
+        self.product_ids = list(product_ids)
+        self.user_row = {u: i for i, u in enumerate(self.user_ids)}
+        self.product_row = {p: i for i, p in enumerate(self.product_ids)}
+        self.catalog = catalog.set_index("id").reindex(self.product_ids)
+        self.history = history[["user", "item", "ts"]].copy()
+        self._lock = threading.RLock()
+        self._rows: dict[int, sp.csr_matrix] = {}  # cached weighted history rows
+        self._available = self._availability()
+        self._categories = self._column("category")
+        self._brands = self._column("brand")
+        self._by_user = {int(u): g for u, g in self.history.groupby("user", sort=False)}
+
+    @classmethod
+    def load(cls, workspace: str | Path) -> RecommendationService:
+        """The version `CURRENT` points at (FileNotFoundError when nothing is trained)."""
+        directory = current_version(Path(workspace))
+        ids = json.loads((directory / "ids.json").read_text())
+        summary = json.loads((directory / "train.json").read_text())
+        return cls(HybridRecommender.load(directory / "hybrid"), ids["users"], ids["products"],
+                   pd.read_parquet(directory / "catalog.parquet"),
+                   pd.read_parquet(directory / "history.parquet"),
+                   summary["config"].get("half_life"), directory.name)
+
+    # ---- lookups ---------------------------------------------------------------------------
+    def _column(self, name: str) -> np.ndarray:
+        if name not in self.catalog:
+            return np.full(len(self.product_ids), "", dtype=object)
+        return self.catalog[name].astype(object).where(self.catalog[name].notna(), "").to_numpy()
+
+    def _availability(self) -> np.ndarray:
+        """False for products flagged out of stock or no longer in the catalog."""
+        available = np.ones(len(self.product_ids), dtype=bool)
+        for flag in ("in_stock", "in_catalog"):
+            if flag in self.catalog:
+                values = self.catalog[flag].astype(str).str.lower()
+                available &= ~values.isin(["false", "0", "no"]).to_numpy()
+        return available
+
+    def _product(self, product_id: str) -> int:
+        row = self.product_row.get(str(product_id))
+        if row is None:
+            raise UnknownIdError(f"unknown product {product_id!r}")
+        return row
+
+    def history_of(self, user_id: str) -> list[str]:
+        """The user's product ids, oldest first (training history plus recorded events)."""
+        row = self.user_row.get(str(user_id))
+        if row is None:
+            raise UnknownIdError(f"unknown user {user_id!r}")
+        events = self._by_user.get(row)
+        if events is None:
+            return []
+        return [self.product_ids[i] for i in events.sort_values("ts", kind="stable")["item"]]
+
+    def _history_row(self, row: int) -> sp.csr_matrix:
+        cached = self._rows.get(row)
+        if cached is None:
+            events = self._by_user.get(row)
+            frame = (events.assign(user=0) if events is not None
+                     else pd.DataFrame({"user": [], "item": [], "ts": []}))
+            cached = history_matrix(frame, (1, len(self.product_ids)), self.half_life)
+            self._rows[row] = cached
+        return cached
+
+    # ---- recommendations -------------------------------------------------------------------
+    def recommend(self, user_id: str, k: int = 10, category: str | None = None,
+                  brand: str | None = None, exclude_categories: tuple[str, ...] = (),
+                  exclude_brands: tuple[str, ...] = (), diversity: float = 0.0,
+                  explain: bool = False) -> list[Recommendation]:
+        """The user's top `k` with the filters applied (see the module docstring)."""
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        row = self.user_row.get(str(user_id))
+        if row is None:
+            raise UnknownIdError(f"unknown user {user_id!r}")
+        with self._lock:
+            history = self._history_row(row)
+        allowed = self._filter(category, brand, exclude_categories, exclude_brands)
+        allowed[history.indices] = False
+        if history.nnz < MIN_HISTORY:
+            return self._cold_start(history, allowed, k)
+        filtered = bool(category or brand or exclude_categories or exclude_brands)
+        scores = self.model.blend(row, history, restrict=not filtered)[0]
+        scores[~allowed] = -np.inf
+        ids, values = top_k(scores[None, :], max(POOL, k))
+        ids, values = ids[0], values[0]
+        keep = ids >= 0
+        ids, values = mmr(ids[keep], values[keep], self.model.item_vectors(), k, diversity)
+        out = []
+        for item, value in zip(ids, values):
+            rec = self._describe(int(item), float(value))
+            if explain:
+                reasons = self.model.explain(row, history, int(item))
+                rec.sources = [r.source for r in reasons]
+                rec.reasons = [self.render(r, int(item)) for r in reasons]
+            out.append(rec)
+        return out
+
+    def _filter(self, category: str | None, brand: str | None,
+                exclude_categories: tuple[str, ...], exclude_brands: tuple[str, ...]
+                ) -> np.ndarray:
+        allowed = self._available.copy()
+        categories = pd.Series(self._categories, dtype=str).str.lower()
+        brands = pd.Series(self._brands, dtype=str).str.lower()
+        if category:
+            allowed &= categories.str.startswith(category.strip().lower()).to_numpy()
+        if brand:
+            allowed &= (brands == brand.strip().lower()).to_numpy()
+        for value in exclude_categories:
+            allowed &= ~categories.str.startswith(value.strip().lower()).to_numpy()
+        for value in exclude_brands:
+            allowed &= ~(brands == value.strip().lower()).to_numpy()
+        return allowed
+
+    def _cold_start(self, history: sp.csr_matrix, allowed: np.ndarray, k: int
+                    ) -> list[Recommendation]:
+        """Popularity within the categories the user touched, else overall."""
+        popularity = self.model.sources["popularity"]
+        counts = np.asarray(popularity.counts, dtype=np.float32).copy()
+        touched = {self._categories[i] for i in history.indices if self._categories[i]}
+        in_touched = np.isin(self._categories, list(touched)) if touched else None
+        scores = counts.copy()
+        scores[~allowed] = -np.inf
+        if in_touched is not None and (in_touched & allowed).any():
+            scores[~in_touched] = -np.inf
+        ids, values = top_k(scores[None, :], k)
+        out = []
+        for item, value in zip(ids[0], values[0]):
+            if item < 0:
+                continue
+            rec = self._describe(int(item), float(value))
+            rec.sources = ["popularity"]
+            rec.reasons = ([f"popular in {self._categories[item]}, which you looked at"]
+                           if in_touched is not None and in_touched[item]
+                           else ["popular with shoppers right now"])
+            out.append(rec)
+        return out
+
+    def related(self, product_id: str, k: int = 10) -> list[Recommendation]:
+        """Products related to `product_id` (itself excluded), available ones only."""
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        item = self._product(product_id)
+        ids, values = self.model.similar_items(item, k=k + POOL)
+        out = []
+        for other, value in zip(ids, values):
+            if not self._available[other]:
+                continue
+            rec = self._describe(int(other), float(value))
+            rec.sources, rec.reasons = self._related_reasons(item, int(other))
+            out.append(rec)
+            if len(out) == k:
+                break
+        return out
+
+    def _related_reasons(self, item: int, other: int) -> tuple[list[str], list[str]]:
+        sources, reasons = [], []
+        for name, source in self.model.sources.items():
+            if name.startswith("kg_"):
+                found = source.explain(np.array([item]), other)  # type: ignore[attr-defined]
+                if found is not None:
+                    node, _ = found
+                    via = source.links.node_names[node]  # type: ignore[attr-defined]
+                    sources.append(name)
+                    reasons.append(self.render(Reason(name, 0.0, item, via,
+                                                      source.links.relations.get(  # type: ignore[attr-defined]
+                                                          (other, node))), other))
+            elif name == "copurchase":
+                sim = source.similarity  # type: ignore[attr-defined]
+                if sim is not None and sim[item, other] > 0:
+                    sources.append(name)
+                    reasons.append(f"often bought together with {self._title(item)}")
+        return sources, reasons
+
+    # ---- events ----------------------------------------------------------------------------
+    def record_event(self, user_id: str, product_id: str, kind: str = "view",
+                     ts: float | None = None) -> dict[str, Any]:
+        """Add an interaction to the user's live history and fold the user into ALS."""
+        item = self._product(product_id)
+        with self._lock:
+            row = self.user_row.get(str(user_id))
+            if row is None:  # a new user: a new row after every known one
+                row = len(self.user_ids)
+                self.user_ids.append(str(user_id))
+                self.user_row[str(user_id)] = row
+            stamp = int(ts if ts is not None else time.time())
+            event = pd.DataFrame({"user": [row], "item": [item], "ts": [stamp]})
+            previous = self._by_user.get(row)
+            self._by_user[row] = (event if previous is None
+                                  else pd.concat([previous, event], ignore_index=True))
+            self._rows.pop(row, None)
+            history = self._history_row(row)
+            als = self.model.sources.get("als")
+            folded = False
+            if als is not None and row <= len(als.user_factors):  # type: ignore[attr-defined]
+                als.fold_in(row, history)  # type: ignore[attr-defined]
+                folded = True
+        return {"user": str(user_id), "product": str(product_id), "kind": kind,
+                "history": int(history.nnz), "als_folded_in": folded}
+
+    # ---- rendering -------------------------------------------------------------------------
+    def _title(self, item: int) -> str:
+        title = self.catalog["title"].iloc[item] if "title" in self.catalog else None
+        return str(title) if isinstance(title, str) and title else self.product_ids[item]
+
+    def _describe(self, item: int, score: float) -> Recommendation:
+        def value(column: str) -> str | None:
+            if column not in self.catalog:
+                return None
+            cell = self.catalog[column].iloc[item]
+            return None if pd.isna(cell) or cell == "" else str(cell)
+
+        return Recommendation(self.product_ids[item], score, value("title"), value("brand"),
+                              value("category"), value("image"))
+
+    def render(self, reason: Reason, item: int) -> str:
+        """A reason as a sentence a shopper (or merchant) can read."""
+        holder = self._title(reason.because_of) if reason.because_of is not None else None
+        name = reason.source
+        if name == "kg_entity" and holder and reason.via:
+            relation = reason.relation or "related to"
+            return f"knowledge graph: {self._title(item)} -[{relation}]- {reason.via} - {holder}"
+        if name == "kg_brand" and holder:
+            return f"same brand as {holder} ({reason.via})"
+        if name == "kg_category" and holder:
+            return f"in {reason.via}, like {holder}"
+        if name == "kg_attribute" and holder:
+            return f"shares {reason.via} with {holder}"
+        if name == "copurchase" and holder:
+            return f"often bought together with {holder}"
+        if name == "gnn" and holder:
+            return f"close to {holder} in the product graph"
+        if name == "als" and holder:
+            return f"shoppers with a history like yours chose it (like {holder})"
+        if name == "popularity":
+            return "popular with shoppers"
+        return f"recommended by {name}"

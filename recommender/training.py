@@ -1,0 +1,284 @@
+"""Training the hybrid from a graph store: interactions, splits, sources, tuning, artifacts.
+
+`train_recommender` is what `shopgraph train` runs after the content artifacts:
+
+1. snapshot the store; interactions become (user row, product row, ts) rows, minus an
+   optional hold-out (a caller's own test split);
+2. split each user's history in time (earliest 80 % fit, latest 20 % validation);
+3. fit every source on the fit part and tune the blend weights on the validation part
+   (`HybridRecommender.tune`);
+4. refit every source on all (non-held-out) interactions with those weights;
+5. write a new artifact version under `WORKSPACE/artifacts/recommender/` and point
+   `CURRENT` at it atomically, so a running server can swap models without a gap.
+
+`build_sources` is the one place that says which sources a hybrid has and how each is
+configured; the evaluation code uses it too, so what is measured is what is served.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kg.export import GraphSnapshot, export_graph, product_catalog
+from kg.schema import INTERACTED, PRODUCT, USER, DataError
+from kg.store import GraphStore
+from recommender.als import ALSRecommender
+from recommender.base import Recommender
+from recommender.baselines import ItemKNN, Popularity
+from recommender.evaluation import temporal_split_per_user
+from recommender.graph_paths import GraphPathRecommender, product_links
+from recommender.history import history_matrix
+from recommender.hybrid import HybridRecommender
+
+RECOMMENDER_DIR = ("artifacts", "recommender")
+KEEP_VERSIONS = 2
+
+
+@dataclass
+class HybridConfig:
+    """Everything that shapes a trained hybrid; defaults tuned on ml-100k's validation split."""
+
+    half_life: float | None = 5.0  # recency weighting of histories; None = unweighted
+    als: dict[str, Any] = field(default_factory=lambda: {
+        "factors": 256, "regularization": 10.0, "alpha": 5.0, "iterations": 15})
+    itemknn: dict[str, Any] = field(default_factory=lambda: {"neighbours": 200})
+    gnn: dict[str, Any] | None = field(default_factory=lambda: {
+        "dim": 64, "layers": 3, "epochs": 60, "learning_rate": 1e-3, "eval_every": 5,
+        "patience": 3, "device": "auto"})
+    gnn_kg_edges: bool = True  # widen the GNN's graph with the knowledge graph
+    graph_paths: bool = True
+    candidates: int = 200
+    valid_ratio: float = 0.2
+    max_tune_users: int = 3000
+    threads: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def interaction_frame(snapshot: GraphSnapshot) -> pd.DataFrame:
+    """Interactions as integer rows: user, item, ts (missing ts = 0), kind (and split)."""
+    rels = snapshot.rels[INTERACTED.name]
+    frame = pd.DataFrame({
+        "user": pd.Index(snapshot.ids[USER]).get_indexer(rels["source"].astype(str)),
+        "item": pd.Index(snapshot.ids[PRODUCT]).get_indexer(rels["target"].astype(str)),
+        "ts": (pd.to_numeric(rels["ts"], errors="coerce").fillna(0).astype(np.int64)
+               if "ts" in rels else np.zeros(len(rels), dtype=np.int64)),
+        "kind": rels["key"].astype(str).to_numpy() if "key" in rels else "interaction",
+    })
+    if "split" in rels:  # data sets that ship their own split (gowalla)
+        frame["split"] = rels["split"].astype(str).to_numpy()
+    return frame[(frame["user"] >= 0) & (frame["item"] >= 0)].reset_index(drop=True)
+
+
+def read_holdout(path: str | Path, snapshot: GraphSnapshot) -> pd.DataFrame:
+    """A CSV of `user_id,product_id` rows as (user, item) rows; bad lines raise DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"hold-out file not found: {path}")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"not a readable CSV: {exc}", file=str(path)) from exc
+    for column in ("user_id", "product_id"):
+        if column not in table.columns:
+            raise DataError(f"missing column {column!r} (header must be user_id,product_id)",
+                            file=str(path), line=1, field=column)
+    users = pd.Index(snapshot.ids[USER]).get_indexer(table["user_id"].str.strip())
+    items = pd.Index(snapshot.ids[PRODUCT]).get_indexer(table["product_id"].str.strip())
+    for column, rows in (("user_id", users), ("product_id", items)):
+        bad = np.flatnonzero(rows < 0)
+        if len(bad):
+            value = table[column].iloc[bad[0]]
+            raise DataError(f"unknown {column} {value!r}", file=str(path),
+                            line=int(bad[0]) + 2, field=column)
+    return pd.DataFrame({"user": users, "item": items})
+
+
+def drop_pairs(frame: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """`frame` without any row whose (user, item) is in `pairs`."""
+    if pairs.empty:
+        return frame
+    keys = frame["user"].to_numpy(np.int64) * (1 << 32) + frame["item"].to_numpy(np.int64)
+    out = pairs["user"].to_numpy(np.int64) * (1 << 32) + pairs["item"].to_numpy(np.int64)
+    return frame[~np.isin(keys, out)].reset_index(drop=True)
+
+
+def build_sources(config: HybridConfig, snapshot: GraphSnapshot | None,
+                  features: np.ndarray | None = None
+                  ) -> tuple[dict[str, Recommender], dict[str, dict[str, Any]]]:
+    """The hybrid's sources and the extra `fit` arguments each needs (the GNN's graph)."""
+    sources: dict[str, Recommender] = {
+        "als": ALSRecommender(num_threads=config.threads, **config.als),
+        "copurchase": ItemKNN(weighted_history=config.half_life is not None,
+                              **config.itemknn),
+        "popularity": Popularity(),
+    }
+    options: dict[str, dict[str, Any]] = {}
+    if config.gnn is not None:
+        from encoders.gnn import GraphRecommender
+
+        sources["gnn"] = GraphRecommender(num_threads=config.threads, **config.gnn)
+        graph = (snapshot.to_hetero_data() if snapshot is not None and config.gnn_kg_edges
+                 else None)
+        options["gnn"] = {"graph": graph, "product_features": features}
+    if config.graph_paths and snapshot is not None:
+        for family, links in product_links(snapshot).items():
+            sources[f"kg_{family}"] = GraphPathRecommender(links)
+    return sources, options
+
+
+def tune_and_fit(config: HybridConfig, snapshot: GraphSnapshot | None, frame: pd.DataFrame,
+                 shape: tuple[int, int], features: np.ndarray | None = None,
+                 valid: pd.DataFrame | None = None,
+                 prefitted: Mapping[str, tuple[Recommender, Recommender]] | None = None,
+                 log: Callable[[str], None] = print) -> HybridRecommender:
+    """Tune weights on a validation split of `frame`, then refit on all of `frame`.
+
+    `valid` (rows of `frame` to validate on) defaults to each user's latest
+    `config.valid_ratio` of interactions. The GNN early-stops on the same validation rows
+    during tuning and is refitted for its best epoch count. `prefitted[name]` replaces a
+    source by two models trained elsewhere (e.g. a GNN on a GPU): one fitted on the fit
+    part, used for tuning, and one fitted on all of `frame`.
+    """
+    prefitted = dict(prefitted or {})
+    if valid is None:
+        fit_part, valid = temporal_split_per_user(frame, 1.0 - config.valid_ratio)
+    else:
+        fit_part = drop_pairs(frame, valid)
+    fit_matrix = history_matrix(fit_part, shape, config.half_life)
+    valid_matrix = history_matrix(valid, shape, None)
+    sources, options = build_sources(config, snapshot, features)
+    sources.update({name: pair[0] for name, pair in prefitted.items()})
+    if "gnn" in options:
+        options["gnn"] = {**options["gnn"], "valid": valid_matrix}
+    model = HybridRecommender(sources, candidates=config.candidates)
+    started = time.perf_counter()
+    tuning = model.tune(fit_matrix, valid_matrix, options, prefitted=list(prefitted),
+                        max_users=config.max_tune_users)
+    log(f"tuned blend weights on {tuning['users']} validation users in "
+        f"{time.perf_counter() - started:.1f} s: "
+        + ", ".join(f"{k} {v:g}" for k, v in tuning["weights"].items() if v))
+    final_config = config
+    if "gnn" in sources and "gnn" not in prefitted and config.gnn is not None:
+        # refit for the epoch count that was best on validation; no validation data now
+        best_epoch = getattr(sources["gnn"], "best_epoch", None) or config.gnn["epochs"]
+        tuning["gnn_best_epoch"] = int(best_epoch)
+        final_config = HybridConfig(**{**config.to_dict(), "gnn": {
+            **config.gnn, "epochs": int(best_epoch)}})
+    sources, options = build_sources(final_config, snapshot, features)
+    sources.update({name: pair[1] for name, pair in prefitted.items()})
+    final = HybridRecommender(sources, weights=tuning["weights"], candidates=config.candidates)
+    final.tuning = tuning
+    matrix = history_matrix(frame, shape, config.half_life)
+    started = time.perf_counter()
+    final.fit(matrix, options, prefitted=list(prefitted))
+    log(f"refitted {len(sources)} sources on {matrix.nnz:,} interactions in "
+        f"{time.perf_counter() - started:.1f} s")
+    return final
+
+
+# ---- artifacts ------------------------------------------------------------------------------
+def recommender_dir(workspace: Path) -> Path:
+    return Path(workspace).joinpath(*RECOMMENDER_DIR)
+
+
+def current_version(workspace: Path) -> Path:
+    """The directory `CURRENT` points at; FileNotFoundError when nothing was trained."""
+    root = recommender_dir(workspace)
+    pointer = root / "CURRENT"
+    if not pointer.is_file():
+        raise FileNotFoundError(f"no trained recommender in {root}: run `shopgraph train`")
+    return root / pointer.read_text().strip()
+
+
+def _publish(workspace: Path, write: Callable[[Path], None]) -> Path:
+    """Write a new version with `write(directory)`, then flip `CURRENT` atomically."""
+    root = recommender_dir(workspace)
+    root.mkdir(parents=True, exist_ok=True)
+    now = time.time_ns()  # names sort in time order: pruning keeps the newest
+    name = time.strftime("v%Y%m%d-%H%M%S", time.gmtime(now // 10**9)) + f"-{now % 10**9:09d}"
+    staging = root / f".{name}.tmp"
+    write(staging)
+    staging.rename(root / name)
+    pointer = root / f".CURRENT.{name}.tmp"
+    pointer.write_text(name)
+    os.replace(pointer, root / "CURRENT")
+    versions = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("v"))
+    for stale in versions[:-KEEP_VERSIONS]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return root / name
+
+
+def train_recommender(store: GraphStore, workspace: Path, config: HybridConfig | None = None,
+                      holdout: str | Path | None = None, log: Callable[[str], None] = print,
+                      ) -> dict[str, Any]:
+    """Train the hybrid on the store's interactions and publish it in the workspace."""
+    config = config or HybridConfig()
+    started = time.perf_counter()
+    snapshot = export_graph(store)
+    frame = interaction_frame(snapshot)
+    held = read_holdout(holdout, snapshot) if holdout is not None else pd.DataFrame(
+        columns=["user", "item"])
+    frame = drop_pairs(frame, held)
+    if frame.empty:
+        raise ValueError("the store has no interactions to train on: load a data set first")
+    shape = (len(snapshot.ids[USER]), len(snapshot.ids[PRODUCT]))
+    features = _content_features(workspace, snapshot)
+    log(f"training on {len(frame):,} interactions ({shape[0]:,} users x {shape[1]:,} "
+        f"products){'' if features is None else ', GNN input = content vectors'}")
+    model = tune_and_fit(config, snapshot, frame, shape, features, log=log)
+    catalog = product_catalog(snapshot)
+    summary = {"interactions": int(len(frame)), "held_out": int(len(held)),
+               "users": shape[0], "products": shape[1], "config": config.to_dict(),
+               "tuning": model.tuning, "content_features": features is not None,
+               "seconds": round(time.perf_counter() - started, 1)}
+
+    def write(directory: Path) -> None:
+        model.save(directory / "hybrid")
+        (directory / "ids.json").write_text(json.dumps(
+            {"users": snapshot.ids[USER], "products": snapshot.ids[PRODUCT]}))
+        _catalog_columns(catalog).to_parquet(directory / "catalog.parquet", index=False)
+        frame[["user", "item", "ts"]].to_parquet(directory / "history.parquet", index=False)
+        (directory / "train.json").write_text(json.dumps(summary, indent=1, default=str))
+
+    summary["version"] = _publish(Path(workspace), write).name
+    return summary
+
+
+def _catalog_columns(catalog: pd.DataFrame) -> pd.DataFrame:
+    """What serving shows and filters on: id, title, brand, category, image, availability."""
+    keep = [c for c in ("id", "title", "brand", "category", "image", "in_stock", "in_catalog")
+            if c in catalog.columns]
+    out = catalog[keep].copy()
+    for column in ("title", "brand", "category", "image"):
+        if column in out:
+            out[column] = out[column].astype("string")
+    return out
+
+
+def _content_features(workspace: Path, snapshot: GraphSnapshot) -> np.ndarray | None:
+    """The content vectors when `build_content` ran on this same catalog, else None."""
+    from recommender.content import ContentArtifacts, content_dir
+
+    directory = content_dir(Path(workspace))
+    if not (directory / "meta.json").is_file():
+        return None
+    try:
+        artifacts = ContentArtifacts.load(directory)
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+    if list(artifacts.ids) != list(snapshot.ids[PRODUCT]):
+        return None
+    return artifacts.content_vectors()
+
