@@ -99,3 +99,61 @@ def test_docker_compose_runs_neo4j_with_healthcheck_and_volume() -> None:
     assert "cypher-shell" in " ".join(neo4j["healthcheck"]["test"])
     assert "neo4j-data:/data" in neo4j["volumes"] and "neo4j-data" in compose["volumes"]
     assert "NEO4J_PASSWORD" in neo4j["environment"]["NEO4J_AUTH"]
+
+
+@pytest.fixture(scope="module")
+def trained_shop(tmp_path_factory) -> Path:
+    """The small shop graph, trained through `shopgraph train` (no content, no GNN)."""
+    from kg.embedded import EmbeddedStore
+    from tests.shop_graph import small_shop
+
+    ws = tmp_path_factory.mktemp("cli-shop")
+    with EmbeddedStore(ws / "graph") as store:
+        store.load(small_shop())
+    holdout = ws / "holdout.csv"
+    holdout.write_text("user_id,product_id\nu1,p5\n")
+    out = shopgraph("train", "--workspace", str(ws), "--no-content", "--no-gnn",
+                    "--holdout", str(holdout), "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)["recommender"]
+    assert summary["held_out"] == 1 and summary["interactions"] == 29
+    return ws
+
+
+def test_recommend_and_related(trained_shop: Path) -> None:
+    ws = str(trained_shop)
+    out = shopgraph("recommend", "u1", "--k", "3", "--json", "--workspace", ws)
+    assert out.returncode == 0, out.stderr
+    items = json.loads(out.stdout)["items"]
+    assert len(items) == 3 and all(item["reasons"] for item in items)
+    assert not {"p1", "p2", "p3", "p4"} & {item["id"] for item in items}  # u1's history
+    text = shopgraph("recommend", "u1", "--explain", "--workspace", ws)
+    assert text.returncode == 0 and "       - " in text.stdout
+    related = shopgraph("related", "p1", "--json", "--workspace", ws)
+    assert related.returncode == 0 and json.loads(related.stdout)["items"]
+
+
+def test_recommend_batch_and_errors(trained_shop: Path, tmp_path) -> None:
+    ws = str(trained_shop)
+    users = tmp_path / "users.txt"
+    users.write_text("u1\n\nnobody\nu4\n")
+    out = shopgraph("recommend", "--users", str(users), "--k", "2", "--workspace", ws)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["user"] for line in lines] == ["u1", "nobody", "u4"]
+    assert lines[1]["error"] == "unknown user 'nobody'" and len(lines[2]["items"]) == 2
+    bad = shopgraph("recommend", "nobody", "--workspace", ws)
+    assert bad.returncode == 2 and bad.stderr.strip() == "shopgraph: error: unknown user 'nobody'"
+    empty = shopgraph("recommend", "u1", "--workspace", str(tmp_path / "none"))
+    assert empty.returncode == 2 and "shopgraph train" in empty.stderr
+
+
+def test_evaluate_prints_every_model_on_the_split() -> None:
+    out = shopgraph("evaluate", "ml100k-kg", "--models", "popularity,itemknn", "--json",
+                    "--quiet")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert set(report["models"]) == {"popularity", "itemknn"}
+    assert report["train"] == 80_367 and report["test"] == 19_633
+    itemknn = report["models"]["itemknn"]["metrics"]
+    assert itemknn["recall@20"] > report["models"]["popularity"]["metrics"]["recall@20"]
