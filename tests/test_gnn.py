@@ -8,6 +8,8 @@ interactions. Configurations are tiny so the file stays fast on a busy CPU.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -15,7 +17,7 @@ import scipy.sparse as sp
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_geometric")
 
-from encoders.gnn import GraphRecommender, build_adjacency  # noqa: E402
+from encoders.gnn import GraphRecommender, NeighbourSampler, build_adjacency  # noqa: E402
 from recommender.base import Recommender  # noqa: E402
 from recommender.evaluation import evaluate  # noqa: E402
 from tests.test_recommenders import (  # noqa: E402
@@ -24,7 +26,18 @@ from tests.test_recommenders import (  # noqa: E402
     PER_CLUSTER,
     RecommenderConformance,
     planted,
+    random_recall,
 )
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> object:
+    """One torch thread per test (the fits ask for it; direct sampler calls would not): two
+    threads on a busy 2-core machine made a 0.6 s test take 11 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def fast(seed: int = 0, **overrides: object) -> GraphRecommender:
@@ -190,3 +203,204 @@ def test_features_place_products_without_interactions() -> None:
         fast(epochs=1).fit(train).embed_new_products(features[:1])
     with pytest.raises(ValueError):
         fast(epochs=1).fit(train, product_features=features[:5])
+
+
+# ---- neighbour sampling -----------------------------------------------------------------------
+class TestGraphRecommenderNeighbour(RecommenderConformance):
+    """The whole conformance suite again, every batch propagating a sampled neighbourhood."""
+
+    @classmethod
+    def make(cls, seed: int = 0) -> Recommender:
+        return fast(seed, sampling="neighbour", fanout=(5, 3))
+
+
+def cluster_world(n_users: int = 2000, n_clusters: int = 10, per_cluster: int = 60,
+                  per_user: int = 8, seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(train, test): each user takes `per_user` products of one cluster, a fifth held out.
+
+    Big enough (2.6k nodes, 13k training edges) that a small batch's sampled neighbourhood
+    is a small part of the graph."""
+    rng = np.random.default_rng(seed)
+    n_items = n_clusters * per_cluster
+    taste = rng.integers(0, n_clusters, size=n_users)
+    picks = taste[:, None] * per_cluster + np.argsort(
+        rng.random((n_users, per_cluster)), axis=1)[:, :per_user]
+    held = rng.random(picks.shape) < 0.2
+    rows = np.repeat(np.arange(n_users), per_user).reshape(picks.shape)
+
+    def matrix(mask: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((np.ones(mask.sum(), dtype=np.float32),
+                              (rows[mask], picks[mask])), shape=(n_users, n_items))
+
+    return matrix(~held), matrix(held)
+
+
+def test_neighbour_sampling_bounds_nodes_per_batch_and_learns() -> None:
+    """Memory per batch: the nodes a batch propagates over are bounded by batch size and
+    fanouts (3 seeds per row, each expanding to at most f0 + f0 f1 more), far below the
+    graph; and the sampled estimator still learns the planted clusters."""
+    train, test = cluster_world()
+    n_nodes = sum(train.shape)
+    batch, fanout = 32, (3, 2)
+    model = fast(epochs=2, batch_size=batch, sampling="neighbour", fanout=fanout,
+                 learning_rate=0.05).fit(train)
+    assert model.sampling_used == "neighbour"
+    bound = 3 * batch * (1 + fanout[0] + fanout[0] * fanout[1])
+    assert 0 < model.max_batch_nodes <= bound < n_nodes / 2, (model.max_batch_nodes, bound)
+    recall = evaluate(model, train, test, k=10)["recall@10"]
+    assert recall > 3 * random_recall(train, test, 10), recall
+
+
+def test_sampler_respects_fanouts_and_estimates_rows_unbiasedly() -> None:
+    train, _ = cluster_world(n_users=400, per_user=12)
+    norm, _ = build_adjacency(train)
+    degree = np.diff(norm.indptr)
+    indptr, indices, values = (torch.as_tensor(a) for a in (
+        norm.indptr.astype(np.int64), norm.indices.astype(np.int64), norm.data))
+    sampler = NeighbourSampler(indptr, indices, values, (4, 2),
+                               torch.Generator().manual_seed(0))
+    small = np.flatnonzero((degree > 0) & (degree <= 4))[:2]  # products kept whole
+    seeds = torch.as_tensor(np.concatenate([[0, 5, 17], small]))  # users: degree ~10 > 4
+    assert (degree[[0, 5, 17]] > 4).all()
+    sample = sampler.sample(seeds)
+    assert torch.equal(sample.nodes[:5], seeds) and len(sample.sizes) == 3
+    assert sample.sizes[1] <= 5 * (1 + 4) and sample.sizes[2] <= sampler.bound(5) == 5 * 13
+    assert len(torch.unique(sample.nodes)) == len(sample.nodes)
+    x = torch.randn(norm.shape[0], 3, dtype=torch.float32)
+    exact = torch.as_tensor(norm[seeds.numpy()] @ x.numpy())
+    estimates = []
+    for _ in range(500):
+        sample = sampler.sample(seeds)
+        block = sample.propagation().blocks[0]
+        estimates.append(block @ x[sample.nodes[: sample.sizes[1]]])
+    estimates = torch.stack(estimates)
+    error = (estimates.mean(0) - exact).abs()
+    standard_error = estimates.std(0) / len(estimates) ** 0.5
+    assert (error <= 4 * standard_error + 1e-6).all(), (error, standard_error)
+    assert (standard_error[:3] > 0).all() and (standard_error[3:] < 1e-6).all()
+
+
+def test_exact_neighbourhood_matches_full_propagation_and_gradient() -> None:
+    """fanout -1 keeps every neighbour: a batch's final and layer-0 rows, and the gradient
+    they send to every layer-0 row, must equal a dense LightGCN's, for the sampled blocks
+    (their transposes) and for the full adjacency alike; rows repeat, as in real batches."""
+    from encoders.gnn import Propagation, _propagated_rows
+
+    train, _, graph, _ = brand_world()
+    norm, _ = build_adjacency(train, graph)
+    n = norm.shape[0]
+    parts = [torch.as_tensor(a) for a in (norm.indptr.astype(np.int64),
+                                          norm.indices.astype(np.int64), norm.data)]
+    index = torch.as_tensor([3, 10, 3, KG_USERS + 7, KG_USERS + 50, 10])
+    weights, squares = torch.randn(len(index), 8), torch.randn(len(index), 8)
+    ego = torch.randn(n, 8, dtype=torch.float32, requires_grad=True)
+
+    def gradient(final: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ego.grad = None
+        ((final * weights).sum() + (rows.pow(2) * squares).sum()).backward()
+        return ego.grad.clone()
+
+    dense = torch.as_tensor(norm.toarray())
+    layer, total = ego, ego
+    for _ in range(3):
+        layer = dense @ layer
+        total = total + layer
+    expected = ((total / 4)[index], ego[index])
+    expected_grad = gradient(*expected)
+
+    seeds, inverse = torch.unique(index, return_inverse=True)
+    sample = NeighbourSampler(*parts, (-1, -1, -1)).sample(seeds)
+    sampled = _propagated_rows().apply(ego[sample.nodes], sample.propagation(), inverse)
+    full = Propagation([_csr_of(norm)] * 3, [_csr_of(norm)] * 3, [n] * 4)
+    whole = _propagated_rows().apply(ego, full, index)
+    for got in (sampled, whole):
+        for part, want in zip(got, expected):
+            torch.testing.assert_close(part, want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(gradient(*got), expected_grad, rtol=1e-4, atol=1e-5)
+
+
+def _csr_of(matrix: sp.csr_matrix) -> torch.Tensor:
+    from encoders.gnn import _csr
+
+    return _csr(*(torch.as_tensor(a) for a in (matrix.indptr.astype(np.int64),
+                                               matrix.indices.astype(np.int64), matrix.data)),
+                matrix.shape)
+
+
+@pytest.mark.parametrize("sampling", ["full", "neighbour"])
+def test_same_seed_same_embeddings_in_both_modes(sampling: str) -> None:
+    train, _, graph, _ = brand_world()
+    features = np.random.default_rng(1).normal(size=(train.shape[1], 4)).astype(np.float32)
+
+    def run(seed: int) -> GraphRecommender:
+        return fast(seed=seed, epochs=2, batch_size=128, sampling=sampling, fanout=(4, 2),
+                    device="cpu").fit(train, graph=graph, product_features=features)
+
+    first, second, other = run(3), run(3), run(4)
+    assert first.sampling_used == sampling
+    np.testing.assert_array_equal(first.item_embeddings, second.item_embeddings)
+    np.testing.assert_array_equal(first.user_embeddings, second.user_embeddings)
+    assert not np.array_equal(first.item_embeddings, other.item_embeddings)
+
+
+def test_auto_sampling_follows_the_size_threshold() -> None:
+    train, _, _ = planted()
+    nnz = build_adjacency(train)[0].nnz
+    assert fast(epochs=1).fit(train).sampling_used == "full"
+    assert fast(epochs=1, max_full_nnz=nnz - 1).fit(train).sampling_used == "neighbour"
+    assert fast(epochs=1, sampling="neighbour").fit(train).sampling_used == "neighbour"
+    with pytest.raises(ValueError):
+        fast(sampling="sampled")
+    with pytest.raises(ValueError):
+        fast(fanout=(5, 5, 5))  # layers=2
+    with pytest.raises(ValueError):
+        fast(fanout=0)
+
+
+def test_chunked_inference_matches_one_block() -> None:
+    train, _, graph, _ = brand_world()
+    whole = fast(epochs=2).fit(train, graph=graph)
+    chunked = fast(epochs=2, chunk_rows=7).fit(train, graph=graph)
+    np.testing.assert_allclose(chunked.item_embeddings, whole.item_embeddings, atol=1e-6)
+    np.testing.assert_allclose(chunked.user_embeddings, whole.user_embeddings, atol=1e-6)
+
+
+def test_device_auto_and_cpu_load_of_a_gpu_checkpoint(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    assert GraphRecommender().device == "auto"
+    assert fast(device="auto")._torch_device().type == (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert fast(device="auto")._torch_device().type == "cuda"
+    monkeypatch.undo()
+    train, _, _ = planted()
+    model = fast(epochs=1).fit(train)
+    model.save(tmp_path / "gnn")
+    meta = json.loads((tmp_path / "gnn" / "config.json").read_text())
+    meta["config"]["device"] = "cuda"  # as written by a model trained on a GPU
+    (tmp_path / "gnn" / "config.json").write_text(json.dumps(meta))
+    rows = np.arange(10)
+    for device in ("cpu", None):
+        if device is None and torch.cuda.is_available():
+            continue
+        loaded = GraphRecommender.load(tmp_path / "gnn", device=device)
+        assert loaded.network.embedding.weight.device.type == "cpu"
+        np.testing.assert_array_equal(loaded.score(rows, train[rows]),
+                                      model.score(rows, train[rows]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("sampling", ["full", "neighbour"])
+def test_cuda_fit_then_cpu_load(tmp_path, sampling: str) -> None:  # noqa: ANN001
+    """Every tensor path on the GPU: sampling, negatives, features, validation, checkpoint."""
+    train, test, graph, _ = brand_world()
+    features = np.random.default_rng(0).normal(size=(train.shape[1], 5)).astype(np.float32)
+    model = fast(epochs=6, eval_every=2, device="cuda", sampling=sampling, fanout=(4, 2)).fit(
+        train, graph=graph, product_features=features, valid=test)
+    assert model.network.embedding.weight.device.type == "cuda" and model.history
+    assert evaluate(model, train, test, k=10)["recall@10"] > 1.2 * random_recall(train, test, 10)
+    model.save(tmp_path / "gnn")
+    loaded = GraphRecommender.load(tmp_path / "gnn", device="cpu")
+    rows = np.arange(20)
+    np.testing.assert_array_equal(loaded.score(rows, train[rows]), model.score(rows, train[rows]))
+    np.testing.assert_allclose(loaded.embed_new_products(features[:2]),
+                               model.embed_new_products(features[:2]), rtol=1e-5, atol=1e-6)
