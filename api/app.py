@@ -1,7 +1,9 @@
-"""The HTTP API: product search (text, image, both), product details and graph neighbourhoods.
+"""The HTTP API: search (text, image, both), products, graph neighbourhoods, recommendations,
+related products and live shopper events.
 
-`create_app()` builds a FastAPI app over one workspace (search artifacts) and one graph store
-(embedded or Neo4j). Settings come from arguments, else from the environment:
+`create_app()` builds a FastAPI app over one workspace (search artifacts and the trained
+recommender) and one graph store (embedded or Neo4j). Settings come from arguments, else from
+the environment:
 
 | argument           | environment                                  | default             |
 |--------------------|----------------------------------------------|---------------------|
@@ -10,10 +12,16 @@
 | `api_key`          | `SHOPGRAPH_API_KEY`                          | none (writes open)  |
 | `max_upload_bytes` | `SHOPGRAPH_MAX_UPLOAD_BYTES`                 | 10 MiB              |
 
-The app starts even when the artifacts or the store are missing (so `/health` answers and
-`/ready` says what is wrong); `POST /admin/reload` loads new artifacts without a restart. Search
-and store reads are blocking, so every such endpoint is a plain `def` that FastAPI runs in its
-threadpool, keeping the event loop free.
+The app starts even when the artifacts, the recommender or the store are missing (so `/health`
+answers and `/ready` says what is loaded and what is not); `POST /admin/reload` loads new search
+artifacts and the recommender's `CURRENT` version without a restart.
+
+`POST /events` writes to the graph store first (the system of record), then updates the live
+recommender, so an event the store refused is never served; events of one user are serialised
+end to end, so concurrent posts all land.
+
+Search, recommendation and store calls are blocking, so every such endpoint is a plain `def`
+that FastAPI runs in its threadpool, keeping the event loop free.
 """
 
 from __future__ import annotations
@@ -24,13 +32,17 @@ import logging
 import os
 import threading
 import time
+import zlib
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import numpy as np
+import pandas as pd
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import Response
@@ -40,6 +52,8 @@ from api.limits import BodyLimitMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.models import (
     ErrorBody,
+    EventIn,
+    EventOut,
     HealthOut,
     NeighbourhoodOut,
     NeighbourOut,
@@ -47,6 +61,9 @@ from api.models import (
     NodeRefOut,
     ProductOut,
     ReadyOut,
+    RecommendationOut,
+    RecommendationsOut,
+    RelatedOut,
     RelationshipOut,
     ReloadOut,
     SearchOut,
@@ -55,16 +72,21 @@ from api.security import ApiKey, require_api_key
 from kg.schema import (
     HAS_ATTRIBUTE,
     IN_CATEGORY,
+    INTERACTED,
     MADE_BY,
     NODE_LABELS,
     PRODUCT,
     REL_TYPES,
+    USER,
+    DataError,
+    GraphBatch,
 )
 from kg.store import GraphStore, Neighbour
 from kg.workspace import StoreKind, default_store_kind, default_workspace, open_store
 
 if TYPE_CHECKING:
     from recommender.search import ProductSearch, SearchHit
+    from recommender.service import Recommendation, RecommendationService
 
 __all__ = ["Personaliser", "Services", "create_app", "require_api_key"]
 
@@ -74,6 +96,10 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers beside the image itself
 MAX_IMAGE_PIXELS = 50_000_000  # refuse decompression bombs before decoding
 MAX_K = 100
+EVENT_LOCK_STRIPES = 64  # events of one user share a lock; bounded however many users come
+EVENT_JOURNAL = 100_000  # live events kept to replay onto a reloaded recommender
+PERSONAL_WEIGHT = 0.3  # most a user's taste moves a search hit, as a share of the score range
+RECOMMENDER_HEADER = "X-Recommender-Version"
 
 Personaliser = Callable[[str, "list[SearchHit]"], "list[SearchHit]"]
 """`(user_id, hits) -> hits` re-ranked with the user's history; KeyError for an unknown user."""
@@ -126,6 +152,45 @@ def build_search(workspace: Path, previous: ProductSearch | None = None,
     return search
 
 
+@dataclass(frozen=True)
+class LoadedRecommender:
+    """The recommender in service; replaced as a whole on reload, like `LoadedSearch`."""
+
+    service: RecommendationService
+    version: str
+    users: int
+    products: int
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """An event recorded since start-up, kept to replay onto a freshly loaded recommender."""
+
+    user_id: str
+    product_id: str
+    kind: str
+    ts: int
+
+
+@dataclass
+class ReloadReport:
+    """What one reload did: each part is loaded, absent (never trained) or failed."""
+
+    search: LoadedSearch | None = None
+    previous_search: LoadedSearch | None = None
+    recommender: LoadedRecommender | None = None
+    previous_recommender: LoadedRecommender | None = None
+    failed: dict[str, str] = field(default_factory=dict)
+    absent: dict[str, str] = field(default_factory=dict)
+
+
+def build_recommender(workspace: Path) -> RecommendationService:
+    """The workspace's `CURRENT` recommender version (FileNotFoundError when never trained)."""
+    from recommender.service import RecommendationService
+
+    return RecommendationService.load(workspace)
+
+
 def _store_errors() -> tuple[type[BaseException], ...]:
     """Exceptions meaning "the store cannot be reached right now" (answered with 503)."""
     import neo4j.exceptions
@@ -134,12 +199,21 @@ def _store_errors() -> tuple[type[BaseException], ...]:
             neo4j.exceptions.SessionExpired)
 
 
-class Services:
-    """What the endpoints use: the current search and the graph store.
+def _store_write_errors() -> tuple[type[BaseException], ...]:
+    """On a write, an OSError from the driver's socket also means "unreachable" (503)."""
+    return (*_store_errors(), OSError)
 
-    The search reference is swapped in one assignment on reload, so in-flight requests finish
-    on the version they started with. The store is opened lazily and re-tried on failure, so
-    the API can start before Neo4j is up.
+
+def _describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Services:
+    """What the endpoints use: the current search, the current recommender and the store.
+
+    The search and recommender references are each swapped in one assignment on reload, so
+    in-flight requests finish on the version they started with. The store is opened lazily
+    and re-tried on failure, so the API can start before Neo4j is up.
     """
 
     def __init__(self, workspace: Path, store: GraphStore | None, store_kind: StoreKind,
@@ -150,10 +224,14 @@ class Services:
         self.warm = warm
         self.current: LoadedSearch | None = None
         self.search_error: str | None = "not loaded yet"
+        self.recommender: LoadedRecommender | None = None
+        self.recommender_error: str | None = "not loaded yet"
         self._store = store
         self._store_error: str | None = None
         self._store_lock = threading.Lock()
         self._reload_lock = threading.Lock()
+        self._event_locks = tuple(threading.Lock() for _ in range(EVENT_LOCK_STRIPES))
+        self._journal: deque[LiveEvent] = deque(maxlen=EVENT_JOURNAL)
 
     # ---- search ---------------------------------------------------------------------------
     def use_search(self, search: ProductSearch) -> LoadedSearch:
@@ -162,21 +240,6 @@ class Services:
         self.search_error = None
         return loaded
 
-    def reload(self) -> tuple[LoadedSearch, LoadedSearch | None]:
-        """Build new artifacts fully, then swap; the old ones serve until the swap."""
-        with self._reload_lock:  # one build at a time; concurrent reloads queue up
-            previous = self.current
-            try:
-                search = build_search(self.workspace, previous.search if previous else None,
-                                      warm=self.warm)
-            except Exception as exc:
-                if previous is None:
-                    self.search_error = f"{type(exc).__name__}: {exc}"
-                raise
-            if self.owns_store and self.store_kind == "embedded":
-                self._reopen_embedded_store()
-            return self.use_search(search), previous
-
     def require_search(self) -> LoadedSearch:
         loaded = self.current
         if loaded is None:
@@ -184,6 +247,98 @@ class Services:
                                             "(after `shopgraph train`, POST /admin/reload "
                                             "loads the artifacts)")
         return loaded
+
+    # ---- recommender ----------------------------------------------------------------------
+    def use_recommender(self, service: RecommendationService) -> LoadedRecommender:
+        """Swap `service` in, after replaying the live events it has not seen.
+
+        The event locks are held from the replay to the swap, so an event posted meanwhile
+        lands in the new service (it waits) rather than only in the old one.
+        """
+        with self._all_event_locks():
+            self._replay(service)
+            loaded = LoadedRecommender(service, service.version, len(service.user_ids),
+                                       len(service.product_ids))
+            self.recommender = loaded  # the one assignment that swaps versions
+            self.recommender_error = None
+        return loaded
+
+    def _replay(self, service: RecommendationService) -> None:
+        """Events recorded live since start-up that `service`'s training did not include.
+
+        Training snapshots the store, where every event was written first: an event is
+        already in the new version when its (user, product) pair is there with a time at or
+        after the event's, and is replayed otherwise.
+        """
+        if not self._journal:
+            return
+        from recommender.service import UnknownIdError
+
+        events = list(self._journal)
+        rows = {service.user_row[e.user_id] for e in events if e.user_id in service.user_row}
+        history = service.history[service.history["user"].isin(rows)]
+        latest = history.groupby(["user", "item"])["ts"].max()
+        seen = {(service.user_ids[u], service.product_ids[i]): int(t)
+                for (u, i), t in latest.items()}
+        for event in events:
+            if seen.get((event.user_id, event.product_id), -1) >= event.ts:
+                continue
+            try:
+                service.record_event(event.user_id, event.product_id, event.kind, event.ts)
+            except UnknownIdError:  # a product the new version no longer has
+                continue
+
+    def require_recommender(self) -> LoadedRecommender:
+        loaded = self.recommender
+        if loaded is None:
+            raise HTTPException(503, detail=f"recommendations are not ready: "
+                                            f"{self.recommender_error} (after `shopgraph "
+                                            "train`, POST /admin/reload loads the recommender)")
+        return loaded
+
+    def personaliser(self) -> Personaliser | None:
+        """Search re-ranking by the current recommender's view of the user, if one is loaded."""
+        loaded = self.recommender
+        if loaded is None:
+            return None
+        service = loaded.service
+        return lambda user_id, hits: personalise(service, user_id, hits)
+
+    # ---- reload ---------------------------------------------------------------------------
+    def reload(self) -> ReloadReport:
+        """Build the search and the recommender fully, then swap each in; old ones serve
+        until their swap. A part never trained is `absent`; any other failure is `failed`
+        and its previous version keeps serving."""
+        with self._reload_lock:  # one build at a time; concurrent reloads queue up
+            report = ReloadReport(previous_search=self.current,
+                                  previous_recommender=self.recommender)
+            search = recommender = None
+            try:
+                search = build_search(self.workspace, self.current.search if self.current
+                                      else None, warm=self.warm)
+            except Exception as exc:  # noqa: BLE001 - reported, the old version serves
+                self._record_failure(report, "search", exc, self.current is None)
+            try:
+                recommender = build_recommender(self.workspace)
+            except Exception as exc:  # noqa: BLE001 - reported, the old version serves
+                self._record_failure(report, "recommender", exc, self.recommender is None)
+            if (search or recommender) and self.owns_store and self.store_kind == "embedded":
+                self._reopen_embedded_store()
+            if search is not None:
+                report.search = self.use_search(search)
+            if recommender is not None:
+                report.recommender = self.use_recommender(recommender)
+            return report
+
+    def _record_failure(self, report: ReloadReport, part: str, exc: Exception,
+                        nothing_served: bool) -> None:
+        message = _describe_error(exc)
+        if isinstance(exc, FileNotFoundError) and nothing_served:
+            report.absent[part] = message
+        else:
+            report.failed[part] = message
+        if nothing_served:
+            setattr(self, f"{part}_error", message)
 
     # ---- store ----------------------------------------------------------------------------
     def store(self) -> GraphStore:
@@ -203,8 +358,12 @@ class Services:
             return self._store
 
     def _reopen_embedded_store(self) -> None:
-        """Pick up a graph re-imported on disk; the old object stays valid for readers."""
-        with self._store_lock:
+        """Pick up a graph re-imported on disk; the old object stays valid for readers.
+
+        Waits for in-flight events: a write through the old object after the new one read
+        the tables would be lost at the new object's next write.
+        """
+        with self._all_event_locks(), self._store_lock:
             self._store = open_store("embedded", self.workspace)
 
     def close(self) -> None:
@@ -219,6 +378,115 @@ class Services:
             yield store
         except _store_errors() as exc:
             raise HTTPException(503, detail=f"graph store unavailable: {exc}") from exc
+
+    # ---- events ---------------------------------------------------------------------------
+    def event_lock(self, user_id: str) -> threading.Lock:
+        """The lock serialising one user's events (store write + live update) end to end."""
+        return self._event_locks[zlib.crc32(user_id.encode("utf-8")) % EVENT_LOCK_STRIPES]
+
+    @contextmanager
+    def _all_event_locks(self) -> Iterator[None]:
+        with ExitStack() as stack:  # always in the same order: no deadlock between two callers
+            for lock in self._event_locks:
+                stack.enter_context(lock)
+            yield
+
+    def record_event(self, event: EventIn) -> EventOut:
+        """Write the event to the store, then into the live recommender; 404/503 on failure.
+
+        The store is the system of record: when it refuses or cannot be reached nothing is
+        recorded in memory. The edge is MERGEd per (user, product, kind) with `count` and
+        `weight` incremented and the latest `ts`, as the importers aggregate repeats.
+        """
+        ts = int(event.ts if event.ts is not None else time.time())
+        with self.event_lock(event.user_id):
+            store = self.store()
+            try:
+                if store.get_node(PRODUCT, event.product_id) is None:
+                    raise HTTPException(404, detail=f"no product with id {event.product_id!r}")
+                new_user = store.get_node(USER, event.user_id) is None
+                previous = (None if new_user else
+                            store.interactions(event.user_id, event.product_id, event.kind))
+                count, weight, latest = _merged_counts(previous, ts)
+                batch = GraphBatch()
+                if new_user:
+                    batch.add_node(USER, event.user_id)
+                batch.add_rel(INTERACTED, event.user_id, event.product_id,
+                              {"kind": event.kind, "weight": weight, "count": count,
+                               "ts": latest})
+                store.load(batch)
+            except _store_write_errors() as exc:
+                raise HTTPException(503, detail=f"graph store unavailable, event not "
+                                                f"recorded: {exc}") from exc
+            except DataError as exc:  # the product was deleted between check and write
+                raise HTTPException(404, detail=f"no product with id {event.product_id!r}"
+                                    ) from exc
+            self._journal.append(LiveEvent(event.user_id, event.product_id, event.kind, ts))
+            version, history = self._record_live(event, ts)
+        return EventOut(user_id=event.user_id, product_id=event.product_id, kind=event.kind,
+                        ts=ts, count=count, new_user=new_user, recommender=version,
+                        history=history)
+
+    def _record_live(self, event: EventIn, ts: int) -> tuple[str | None, int | None]:
+        from recommender.service import UnknownIdError
+
+        loaded = self.recommender
+        if loaded is None:
+            return None, None
+        try:
+            result = loaded.service.record_event(event.user_id, event.product_id, event.kind,
+                                                 ts)
+        except UnknownIdError:  # a product added to the graph after this version's training
+            return None, None
+        return loaded.version, int(result["history"])
+
+
+def _merged_counts(previous: pd.DataFrame | None, ts: int) -> tuple[int, float, int]:
+    """(count, weight, ts) of the edge after one more event, from its stored row if any."""
+    if previous is None or previous.empty:
+        return 1, 1.0, ts
+    row = previous.iloc[0]
+
+    def number(column: str, default: float) -> float:
+        value = row.get(column)
+        return default if value is None or pd.isna(value) else float(value)
+
+    return (int(number("count", 1)) + 1, number("weight", 1.0) + 1.0,
+            max(ts, int(number("ts", 0))))
+
+
+def personalise(service: RecommendationService, user_id: str, hits: list[SearchHit]
+                ) -> list[SearchHit]:
+    """Search hits re-ranked by the user's hybrid blend (KeyError for an unknown user).
+
+    The hits are ranked among themselves by the user's blend score; the r-th of n (0 = the
+    user's favourite) gains `PERSONAL_WEIGHT * spread * (n - r) / n`, where `spread` is the
+    range of the hits' search scores, so taste re-orders hits of similar relevance but
+    cannot lift a poor match over a strong one. Hits the recommender does not know, and
+    users with too short a history for the blend (the service's cold start), gain nothing.
+    The bonus shows as `sources["personal"]`.
+    """
+    from recommender.history import history_matrix
+    from recommender.service import MIN_HISTORY
+
+    items = service.history_of(user_id)  # UnknownIdError (a KeyError) for an unknown user
+    if len(set(items)) < MIN_HISTORY or len(hits) < 2:
+        return hits
+    rows = [service.product_row[p] for p in items]
+    frame = pd.DataFrame({"user": 0, "item": rows, "ts": np.arange(len(rows))})
+    history = history_matrix(frame, (1, len(service.product_ids)), service.half_life)
+    blend = service.model.blend(service.user_row[user_id], history, restrict=False)[0]
+    known = [(i, blend[service.product_row[h.id]]) for i, h in enumerate(hits)
+             if h.id in service.product_row]
+    order = sorted(known, key=lambda pair: -pair[1])
+    scores = [h.score for h in hits]
+    spread = (max(scores) - min(scores)) or abs(max(scores)) or 1.0
+    n = len(hits)
+    bonus = {i: PERSONAL_WEIGHT * spread * (n - rank) / n for rank, (i, _) in enumerate(order)}
+    moved = [replace(h, score=h.score + bonus.get(i, 0.0),
+                     sources={**h.sources, "personal": bonus.get(i, 0.0)})
+             for i, h in enumerate(hits)]
+    return sorted(moved, key=lambda h: -h.score)
 
 
 def _max_upload_from_env() -> int:
@@ -235,6 +503,27 @@ def _max_upload_from_env() -> int:
     return value
 
 
+def _load_at_startup(services: Services, search: bool, recommender: bool) -> None:
+    """Load what the workspace has; start anyway, /ready reports what is missing and why."""
+    if search and recommender:
+        report = services.reload()
+        for part, reason in {**report.absent, **report.failed}.items():
+            log.warning("%s not loaded from %s: %s", part, services.workspace, reason)
+        return
+    if search:
+        try:
+            services.use_search(build_search(services.workspace, warm=services.warm))
+        except Exception as exc:  # noqa: BLE001 - start anyway; /ready reports the reason
+            services.search_error = _describe_error(exc)
+            log.warning("search artifacts not loaded from %s: %s", services.workspace, exc)
+    if recommender:
+        try:
+            services.use_recommender(build_recommender(services.workspace))
+        except Exception as exc:  # noqa: BLE001 - start anyway; /ready reports the reason
+            services.recommender_error = _describe_error(exc)
+            log.warning("recommender not loaded from %s: %s", services.workspace, exc)
+
+
 def create_app(
     workspace: Path | None = None,
     store: GraphStore | None = None,
@@ -246,22 +535,26 @@ def create_app(
     personaliser: Personaliser | None = None,
     load_search: bool = True,
     warm: bool = True,
+    recommender: RecommendationService | None = None,
+    load_recommender: bool = True,
 ) -> FastAPI:
     """The shopgraph HTTP app.
 
-    `store` and `search` may be passed in ready-made (tests, embedding in another service);
-    otherwise they are opened from `workspace` and the environment. A store passed in is not
-    closed by the app. `load_search=False` starts without artifacts (then POST /admin/reload).
+    `store`, `search` and `recommender` may be passed in ready-made (tests, embedding in
+    another service); otherwise they are opened from `workspace` and the environment. A store
+    passed in is not closed by the app. `load_search=False` / `load_recommender=False` start
+    without that part (then POST /admin/reload). `personaliser` overrides the default search
+    personalisation, which re-ranks by the loaded recommender (see `personalise`).
     """
     workspace = Path(workspace) if workspace is not None else default_workspace()
     services = Services(workspace, store, store_kind or default_store_kind(), warm=warm)
     if search is not None:
         services.use_search(search)
-    elif load_search:
-        try:
-            services.reload()
-        except Exception as exc:  # noqa: BLE001 - start anyway; /ready reports the reason
-            log.warning("search artifacts not loaded from %s: %s", workspace, exc)
+    if recommender is not None:
+        services.use_recommender(recommender)
+    if (search is None and load_search) or (recommender is None and load_recommender):
+        _load_at_startup(services, load_search and search is None,
+                         load_recommender and recommender is None)
     upload_limit = max_upload_bytes or _max_upload_from_env()
 
     @asynccontextmanager
@@ -288,6 +581,7 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _add_search_routes(app, services)
     _add_graph_routes(app, services)
+    _add_recommendation_routes(app, services)
     _add_operational_routes(app, services, metrics)
     return app
 
@@ -295,7 +589,8 @@ def create_app(
 # ---- search ---------------------------------------------------------------------------------
 KParam = Annotated[int, Query(ge=1, le=MAX_K, description="How many results (1-100)")]
 UserParam = Annotated[str | None, Query(
-    description="Personalise with this user's history (when a personaliser is configured)")]
+    description="Personalise with this user's history: hits re-ranked by the recommender's "
+                "blend for the user (when a recommender is loaded); 404 for an unknown user")]
 
 
 def _run_search(request: Request, services: Services, query: str | None, image: Any, k: int,
@@ -306,7 +601,8 @@ def _run_search(request: Request, services: Services, query: str | None, image: 
     except ValueError as exc:
         raise HTTPException(422, detail=str(exc)) from exc
     hits = result.hits
-    personaliser: Personaliser | None = getattr(request.app.state, "personaliser", None)
+    personaliser: Personaliser | None = (getattr(request.app.state, "personaliser", None)
+                                         or services.personaliser())
     personalised = False
     if user is not None and personaliser is not None:
         try:
@@ -442,6 +738,81 @@ def _add_graph_routes(app: FastAPI, services: Services) -> None:
         )
 
 
+# ---- recommendations and events -------------------------------------------------------------
+def _item(rec: Recommendation, reasons: bool) -> RecommendationOut:
+    body = rec.to_dict()
+    body["reasons"] = body["reasons"] if reasons else None
+    return RecommendationOut(**body)
+
+
+def _add_recommendation_routes(app: FastAPI, services: Services) -> None:
+    from recommender.service import UnknownIdError
+
+    @app.get("/users/{user_id}/recommendations", response_model=RecommendationsOut,
+             responses=ERRORS, tags=["recommendations"])
+    def recommendations(
+        response: Response,
+        user_id: Annotated[str, PathParam(description="Shopper id")],
+        k: KParam = 10,
+        category: Annotated[str | None, Query(
+            description='Only this category (path prefix, e.g. "Home > Kitchen")')] = None,
+        brand: Annotated[str | None, Query(description="Only this brand")] = None,
+        exclude_category: Annotated[list[str] | None, Query(
+            description="Leave out these categories (path prefixes); repeatable")] = None,
+        exclude_brand: Annotated[list[str] | None, Query(
+            description="Leave out these brands; repeatable")] = None,
+        diversity: Annotated[float, Query(
+            ge=0.0, le=1.0, description="0 = pure relevance .. 1 = most diverse (MMR)")] = 0.0,
+        explain: Annotated[bool, Query(description="Add readable reasons per item")] = False,
+    ) -> RecommendationsOut:
+        """Personalised products for a shopper: unseen, in stock, filtered, with reasons on
+        request. A shopper with a short history gets popular products of the categories they
+        touched; events posted to /events count at once."""
+        loaded = services.require_recommender()  # read once: a reload does not affect us
+        try:
+            recs = loaded.service.recommend(
+                user_id, k=k, category=category, brand=brand,
+                exclude_categories=tuple(exclude_category or ()),
+                exclude_brands=tuple(exclude_brand or ()), diversity=diversity,
+                explain=explain)
+        except UnknownIdError as exc:
+            raise HTTPException(404, detail=f"unknown user {user_id!r}: no history in "
+                                            f"recommender {loaded.version}") from exc
+        except ValueError as exc:
+            raise HTTPException(422, detail=str(exc)) from exc
+        response.headers[RECOMMENDER_HEADER] = loaded.version
+        return RecommendationsOut(user=user_id, version=loaded.version,
+                                  items=[_item(r, explain) for r in recs])
+
+    @app.get("/products/{product_id}/related", response_model=RelatedOut, responses=ERRORS,
+             tags=["recommendations"])
+    def related(
+        response: Response,
+        product_id: Annotated[str, PathParam(description="Product id")],
+        k: KParam = 10,
+    ) -> RelatedOut:
+        """Products related to one product (co-purchase, GNN, ALS, graph paths), with reasons;
+        a product nobody bought yet still gets graph neighbours."""
+        loaded = services.require_recommender()
+        try:
+            recs = loaded.service.related(product_id, k=k)
+        except UnknownIdError as exc:
+            raise HTTPException(404, detail=f"unknown product {product_id!r}") from exc
+        except ValueError as exc:
+            raise HTTPException(422, detail=str(exc)) from exc
+        response.headers[RECOMMENDER_HEADER] = loaded.version
+        return RelatedOut(product=product_id, version=loaded.version,
+                          items=[_item(r, True) for r in recs])
+
+    @app.post("/events", response_model=EventOut, status_code=201, dependencies=[ApiKey],
+              responses={**ERRORS, 401: {"model": ErrorBody}}, tags=["recommendations"])
+    def events(event: EventIn) -> EventOut:
+        """Record a view, cart or purchase: written to the graph store first (503 when it
+        cannot be reached, and then nothing is recorded), then applied to the live
+        recommender, so the shopper's next recommendations reflect it."""
+        return services.record_event(event)
+
+
 # ---- operations -----------------------------------------------------------------------------
 def _add_operational_routes(app: FastAPI, services: Services, metrics: ApiMetrics) -> None:
     @app.get("/health", response_model=HealthOut, tags=["operations"])
@@ -452,8 +823,13 @@ def _add_operational_routes(app: FastAPI, services: Services, metrics: ApiMetric
     @app.get("/ready", response_model=ReadyOut, responses={503: {"model": ErrorBody}},
              tags=["operations"])
     def ready() -> ReadyOut:
-        """Readiness: search artifacts loaded and the graph store answering a query."""
-        loaded = services.require_search()
+        """Readiness: the graph store answers a query and search artifacts, the recommender or
+        both are loaded; `not_loaded` says what is missing and why."""
+        search, recommender = services.current, services.recommender
+        if search is None and recommender is None:
+            raise HTTPException(503, detail=f"nothing to serve: search: {services.search_error}; "
+                                            f"recommender: {services.recommender_error} (run "
+                                            "`shopgraph train`, then POST /admin/reload)")
         with services.reading() as store:
             try:
                 store.get_node(PRODUCT, "__readiness_probe__")
@@ -461,8 +837,17 @@ def _add_operational_routes(app: FastAPI, services: Services, metrics: ApiMetric
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure means not ready
                 raise HTTPException(503, detail=f"graph store unavailable: {exc}") from exc
-        return ReadyOut(products=loaded.products, artifacts=loaded.version,
-                        store=getattr(store, "name", type(store).__name__))
+        not_loaded = {}
+        if search is None:
+            not_loaded["search"] = services.search_error or "not loaded"
+        if recommender is None:
+            not_loaded["recommender"] = services.recommender_error or "not loaded"
+        return ReadyOut(products=search.products if search else None,
+                        artifacts=search.version if search else None,
+                        recommender=recommender.version if recommender else None,
+                        recommender_users=recommender.users if recommender else None,
+                        store=getattr(store, "name", type(store).__name__),
+                        not_loaded=not_loaded)
 
     @app.get("/metrics", response_class=Response, tags=["operations"],
              responses={200: {"content": {"text/plain": {}},
@@ -476,19 +861,31 @@ def _add_operational_routes(app: FastAPI, services: Services, metrics: ApiMetric
               responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}},
               tags=["operations"])
     def reload() -> ReloadOut:
-        """Load the workspace's current artifacts and swap them in without dropping requests."""
+        """Load the workspace's current search artifacts and recommender version and swap
+        them in without dropping requests; a part that fails keeps its old version (503)."""
         started = time.perf_counter()
-        try:
-            loaded, previous = services.reload()
-        except Exception as exc:  # noqa: BLE001 - keep serving the old version
+        report = services.reload()
+        if report.failed or (services.current is None and services.recommender is None):
             metrics.reloads.labels("failed").inc()
-            serving = services.current.version if services.current else "nothing"
-            raise HTTPException(503, detail=f"reload failed, still serving {serving}: "
-                                            f"{type(exc).__name__}: {exc}") from exc
+            search, recommender = services.current, services.recommender
+            serving = ", ".join(part for part in (
+                f"search {search.version}" if search else "",
+                f"recommender {recommender.version}" if recommender else "") if part)
+            problems = "; ".join(f"{part}: {reason}" for part, reason in
+                                 {**report.absent, **report.failed}.items())
+            raise HTTPException(503, detail=f"reload failed, still serving "
+                                            f"{serving or 'nothing'}: {problems}")
         metrics.reloads.labels("ok").inc()
-        return ReloadOut(products=loaded.products, artifacts=loaded.version,
-                         previous_artifacts=previous.version if previous else None,
-                         seconds=round(time.perf_counter() - started, 3))
+        search, recommender = report.search, report.recommender
+        previous_search, previous_rec = report.previous_search, report.previous_recommender
+        return ReloadOut(
+            products=search.products if search else None,
+            artifacts=search.version if search else None,
+            previous_artifacts=previous_search.version if previous_search else None,
+            recommender=recommender.version if recommender else None,
+            previous_recommender=previous_rec.version if previous_rec else None,
+            not_loaded=report.absent,
+            seconds=round(time.perf_counter() - started, 3))
 
 
 def _version() -> str:

@@ -246,6 +246,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The HTTP API over the workspace's artifacts and the graph store (Ctrl-C stops it)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    app = create_app(args.workspace, store_kind=args.store)
+    services = app.state.services
+    base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    loaded = [name for name, part in (("search", services.current),
+                                      ("recommender", services.recommender)) if part]
+    serving = ", ".join(loaded) or ("nothing yet: run `shopgraph train`, then POST "
+                                    "/admin/reload")
+    print(f"shopgraph API on {base} (serving {serving})")
+    print(f"  API docs:  {base}/docs")
+    if any(getattr(route, "path", None) == "/" for route in app.routes):
+        print(f"  page:      {base}/")
+    print(f"  readiness: {base}/ready")
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
 def _print_counts(counts: dict[str, dict[str, int]]) -> None:
     for section in ("nodes", "relationships"):
         print(f"{section}:")
@@ -341,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print JSON")
     _workspace_option(search)
     search.set_defaults(func=cmd_search)
+
+    serve = sub.add_parser("serve", help="run the HTTP API (search, recommendations, events)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    _store_options(serve)
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

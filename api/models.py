@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Scalar = str | int | float | bool
 Property = Scalar | list[Scalar]  # Neo4j allows homogeneous lists as property values
@@ -88,15 +88,86 @@ class HealthOut(BaseModel):
 
 
 class ReadyOut(BaseModel):
+    """Which parts serve: a part that is not loaded is named in `not_loaded` with the reason."""
+
     status: str = "ready"
-    products: int
-    artifacts: str = Field(description="Version (content hash) of the loaded search artifacts")
+    products: int | None = Field(None, description="Products in the search artifacts")
+    artifacts: str | None = Field(
+        None, description="Version (content hash) of the loaded search artifacts")
+    recommender: str | None = Field(None, description="Version of the loaded recommender")
+    recommender_users: int | None = Field(None, description="Users the recommender knows")
     store: str
+    not_loaded: dict[str, str] = Field(
+        default_factory=dict, description="Part (search, recommender) -> why it is not loaded")
 
 
 class ReloadOut(BaseModel):
     status: str = "reloaded"
-    products: int
-    artifacts: str
+    products: int | None
+    artifacts: str | None
     previous_artifacts: str | None
+    recommender: str | None = Field(None, description="Recommender version now serving")
+    previous_recommender: str | None = None
+    not_loaded: dict[str, str] = Field(
+        default_factory=dict, description="Parts absent from the workspace, with the reason")
     seconds: float
+
+
+# ---- recommendations and events -------------------------------------------------------------
+class RecommendationOut(BaseModel):
+    id: str = Field(description="Product id")
+    score: float = Field(description="Blend score (higher is better; comparable within a list)")
+    title: str | None = None
+    brand: str | None = None
+    category: str | None = Field(None, description='Category path, e.g. "Home > Kitchen"')
+    image: str | None = None
+    sources: list[str] = Field(
+        default_factory=list, description="Sources behind the item: als, copurchase, gnn, "
+                                          "kg_brand, kg_category, kg_attribute, popularity")
+    reasons: list[str] | None = Field(
+        None, description="Readable reasons, one per source (recommendations: only with "
+                          "explain=true)")
+
+
+class RecommendationsOut(BaseModel):
+    user: str
+    version: str = Field(description="Recommender version that answered")
+    items: list[RecommendationOut]
+
+
+class RelatedOut(BaseModel):
+    product: str
+    version: str = Field(description="Recommender version that answered")
+    items: list[RecommendationOut]
+
+
+EventKind = Literal["view", "cart", "purchase"]
+
+
+class EventIn(BaseModel):
+    """One shopper interaction, as a shop front sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(min_length=1, max_length=200, description="Shopper id (new ids are "
+                                                                   "created in the graph)")
+    product_id: str = Field(min_length=1, max_length=200, description="An existing product")
+    kind: EventKind
+    ts: int | None = Field(None, ge=0, description="Unix seconds; default: now")
+
+
+class EventOut(BaseModel):
+    """What was recorded: the graph edge after the write and the live recommender's state."""
+
+    user_id: str
+    product_id: str
+    kind: EventKind
+    ts: int = Field(description="The event's time (unix seconds)")
+    count: int = Field(description="Events of this kind between this user and product so far "
+                                   "(the INTERACTED edge's `count`)")
+    new_user: bool = Field(description="True when this event created the User node")
+    recommender: str | None = Field(
+        None, description="Recommender version updated live; None when none is loaded or it "
+                          "does not know the product (trained before it existed)")
+    history: int | None = Field(
+        None, description="Distinct products in the user's live history afterwards")

@@ -329,6 +329,19 @@ def markdown(report: dict) -> str:
     if notes:
         lines += ["", "Stand-ins used (see the module docstring): " + "; ".join(
             f"{n}: {', '.join(s)}" for n, s in notes.items()) + "."]
+    capped = [n for n, r in report["models"].items()
+              if not r["tune"]["stopped_early"] and r["tune"]["best_epoch"] == r["tune"]["cap"]]
+    lines += ["", "Notes:", ""]
+    if capped:
+        lines.append(f"- {', '.join(capped)}: validation NDCG@{K} was still rising at the epoch "
+                     "cap (no early stop), so these figures are for this time budget, not "
+                     "converged models.")
+    lines += [
+        "- RecBole's KGIN applies its node/edge dropout (rate 0.5) also when scoring "
+        "(`GraphConv.forward` does not check `self.training`); kept as RecBole ships it.",
+        "- RecBole read the same catalogue (943 users, 1682 items): every project user and item "
+        "is listed in the .user/.item files, and the lists were mapped back to export ids.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -86,6 +86,9 @@ def test_health_and_ready(client, search) -> None:
     assert ready.status_code == 200
     assert ready.json()["products"] == 150 and ready.json()["store"] == "embedded"
     assert len(ready.json()["artifacts"]) == 12
+    # no recommender trained in this workspace: ready for search, and it says what is missing
+    assert ready.json()["recommender"] is None
+    assert "shopgraph train" in ready.json()["not_loaded"]["recommender"]
 
 
 def test_not_ready_without_artifacts_but_alive(tmp_path) -> None:
@@ -101,10 +104,11 @@ def test_openapi_schema_is_typed(client) -> None:
     schema = client.get("/openapi.json").json()
     assert {"/search", "/search/image", "/products/{product_id}",
             "/graph/neighbourhood/{label}/{node_id}", "/health", "/ready", "/metrics",
-            "/admin/reload"} <= set(schema["paths"])
+            "/admin/reload", "/users/{user_id}/recommendations",
+            "/products/{product_id}/related", "/events"} <= set(schema["paths"])
     models = schema["components"]["schemas"]
-    assert {"SearchOut", "SearchHitOut", "ProductOut", "NeighbourhoodOut", "ErrorBody"} <= set(
-        models)
+    assert {"SearchOut", "SearchHitOut", "ProductOut", "NeighbourhoodOut", "ErrorBody",
+            "RecommendationsOut", "RelatedOut", "EventIn", "EventOut"} <= set(models)
     assert models["NodeLabel"]["enum"] == list(NODE_LABELS)
     search_params = {p["name"]: p for p in schema["paths"]["/search"]["get"]["parameters"]}
     assert "history" in search_params["user"]["description"]
