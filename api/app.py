@@ -41,7 +41,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import pandas as pd
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
@@ -466,16 +465,9 @@ def personalise(service: RecommendationService, user_id: str, hits: list[SearchH
     users with too short a history for the blend (the service's cold start), gain nothing.
     The bonus shows as `sources["personal"]`.
     """
-    from recommender.history import history_matrix
-    from recommender.service import MIN_HISTORY
-
-    items = service.history_of(user_id)  # UnknownIdError (a KeyError) for an unknown user
-    if len(set(items)) < MIN_HISTORY or len(hits) < 2:
+    blend = service.user_scores(user_id)  # UnknownIdError (a KeyError) for an unknown user
+    if blend is None or len(hits) < 2:
         return hits
-    rows = [service.product_row[p] for p in items]
-    frame = pd.DataFrame({"user": 0, "item": rows, "ts": np.arange(len(rows))})
-    history = history_matrix(frame, (1, len(service.product_ids)), service.half_life)
-    blend = service.model.blend(service.user_row[user_id], history, restrict=False)[0]
     known = [(i, blend[service.product_row[h.id]]) for i, h in enumerate(hits)
              if h.id in service.product_row]
     order = sorted(known, key=lambda pair: -pair[1])

@@ -217,7 +217,8 @@ def run_models(split: Split, models: Sequence[str] = MODELS, config: HybridConfi
             hybrid = tune_and_fit(config, split.snapshot, split.train, split.shape,
                                   valid=split.valid, prefitted=prefitted, log=log)
             seconds = time.perf_counter() - start
-        weighted = history_matrix(split.train, split.shape, config.half_life)
+        weighted = history_matrix(split.train, split.shape, config.half_life,
+                                  kind_weights=config.kind_weights)
         if "hybrid" in models:
             report["models"]["hybrid"] = _scored(
                 hybrid, weighted, test, k, seconds, memory.peak_mb, test_users,

@@ -5,15 +5,46 @@ on ml-100k's temporal split, weighting each user's history by recency lifted ALS
 validation NDCG@20 from 0.195 to 0.215 and item-to-item co-occurrence from 0.201 to 0.237.
 The weight is positional, so it needs no tuning per data set's time scale: a user's most
 recent distinct product weighs 1, the one before 0.5 ** (1 / half_life), and so on.
+
+What a shopper did matters too: a purchase says more than a view, and a product bought ten
+times more than one bought once. With `kind_weights` each (user, product) pair's weight is
+multiplied by its confidence log2(1 + sum of kind weight x count over its interactions), which
+is 1 for a single purchase (or any single interaction of a kind not listed), 0.26 for a single
+view, 2 for three purchases: logarithmic, so a staple bought every week does not drown out
+everything else (Hu, Koren & Volinsky's log confidence).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 DEFAULT_HALF_LIFE = 5.0
+DEFAULT_KIND_WEIGHTS: dict[str, float] = {"purchase": 1.0, "cart": 0.5, "view": 0.2}
+
+
+def confidence(frame: pd.DataFrame, kind_weights: Mapping[str, float],
+               user: str = "user", item: str = "item") -> pd.DataFrame:
+    """One row per (user, item) with `confidence` = log2(1 + sum(kind weight x count)).
+
+    `kind` and `count` columns are optional: a missing kind (or one not in `kind_weights`)
+    weighs 1, a missing count is 1, so every row counts as one interaction of weight 1.
+    """
+    weights = np.ones(len(frame), dtype=np.float64)
+    if "kind" in frame:
+        kinds = frame["kind"].astype(str)
+        weights = kinds.map(dict(kind_weights)).fillna(1.0).to_numpy(dtype=np.float64)
+    if "count" in frame:
+        counts = pd.to_numeric(frame["count"], errors="coerce").fillna(1.0).to_numpy()
+        weights = weights * np.maximum(counts, 0.0)
+    totals = (pd.DataFrame({user: frame[user].to_numpy(), item: frame[item].to_numpy(),
+                            "w": weights})
+              .groupby([user, item], sort=False)["w"].sum().reset_index())
+    totals["confidence"] = np.log2(1.0 + totals.pop("w").to_numpy()).astype(np.float32)
+    return totals
 
 
 def recency_weights(frame: pd.DataFrame, half_life: float = DEFAULT_HALF_LIFE,
@@ -37,13 +68,19 @@ def recency_weights(frame: pd.DataFrame, half_life: float = DEFAULT_HALF_LIFE,
 
 def history_matrix(frame: pd.DataFrame, shape: tuple[int, int],
                    half_life: float | None = DEFAULT_HALF_LIFE, user: str = "user",
-                   item: str = "item", ts: str = "ts") -> sp.csr_matrix:
-    """Users x items CSR of recency weights (`half_life=None`: 1 per distinct pair)."""
+                   item: str = "item", ts: str = "ts",
+                   kind_weights: Mapping[str, float] | None = None) -> sp.csr_matrix:
+    """Users x items CSR of recency weights (`half_life=None`: 1 per distinct pair), times
+    each pair's kind-and-count confidence when `kind_weights` is given."""
     if half_life is None:
         pairs = frame[[user, item]].drop_duplicates()
         values = np.ones(len(pairs), dtype=np.float32)
     else:
         pairs = recency_weights(frame, half_life, user, item, ts)
         values = pairs["weight"].to_numpy(dtype=np.float32)
+    if kind_weights is not None and len(pairs):
+        strength = confidence(frame, kind_weights, user, item)
+        values = values * pairs[[user, item]].merge(
+            strength, on=[user, item], how="left")["confidence"].to_numpy(np.float32)
     return sp.csr_matrix((values, (pairs[user].to_numpy(np.int64),
                                    pairs[item].to_numpy(np.int64))), shape=shape)

@@ -68,14 +68,16 @@ class RecommendationService:
 
     def __init__(self, model: HybridRecommender, user_ids: list[str], product_ids: list[str],
                  catalog: pd.DataFrame, history: pd.DataFrame, half_life: float | None,
-                 version: str = "") -> None:
+                 version: str = "", kind_weights: dict[str, float] | None = None) -> None:
         self.model, self.version, self.half_life = model, version, half_life
+        self.kind_weights = kind_weights
         self.user_ids = list(user_ids)
         self.product_ids = list(product_ids)
         self.user_row = {u: i for i, u in enumerate(self.user_ids)}
         self.product_row = {p: i for i, p in enumerate(self.product_ids)}
         self.catalog = catalog.set_index("id").reindex(self.product_ids)
-        self.history = history[["user", "item", "ts"]].copy()
+        columns = [c for c in ("user", "item", "ts", "kind", "count") if c in history]
+        self.history = history[columns].copy()
         self._lock = threading.RLock()
         self._rows: dict[int, sp.csr_matrix] = {}  # cached weighted history rows
         self._available = self._availability()
@@ -92,7 +94,8 @@ class RecommendationService:
         return cls(HybridRecommender.load(directory / "hybrid"), ids["users"], ids["products"],
                    pd.read_parquet(directory / "catalog.parquet"),
                    pd.read_parquet(directory / "history.parquet"),
-                   summary["config"].get("half_life"), directory.name)
+                   summary["config"].get("half_life"), directory.name,
+                   summary["config"].get("kind_weights"))
 
     # ---- lookups ---------------------------------------------------------------------------
     def _column(self, name: str) -> np.ndarray:
@@ -131,9 +134,22 @@ class RecommendationService:
             events = self._by_user.get(row)
             frame = (events.assign(user=0) if events is not None
                      else pd.DataFrame({"user": [], "item": [], "ts": []}))
-            cached = history_matrix(frame, (1, len(self.product_ids)), self.half_life)
+            cached = history_matrix(frame, (1, len(self.product_ids)), self.half_life,
+                                    kind_weights=self.kind_weights)
             self._rows[row] = cached
         return cached
+
+    def user_scores(self, user_id: str) -> np.ndarray | None:
+        """The user's blend score for every product, or None while their history is too
+        short for the blend (UnknownIdError for an unknown user); for re-ranking elsewhere."""
+        row = self.user_row.get(str(user_id))
+        if row is None:
+            raise UnknownIdError(f"unknown user {user_id!r}")
+        with self._lock:
+            history = self._history_row(row)
+        if history.nnz < MIN_HISTORY:
+            return None
+        return self.model.blend(row, history, restrict=False)[0]
 
     # ---- recommendations -------------------------------------------------------------------
     def recommend(self, user_id: str, k: int = 10, category: str | None = None,
@@ -257,7 +273,8 @@ class RecommendationService:
                 self.user_ids.append(str(user_id))
                 self.user_row[str(user_id)] = row
             stamp = int(ts if ts is not None else time.time())
-            event = pd.DataFrame({"user": [row], "item": [item], "ts": [stamp]})
+            event = pd.DataFrame({"user": [row], "item": [item], "ts": [stamp],
+                                  "kind": [str(kind)], "count": [1]})
             previous = self._by_user.get(row)
             self._by_user[row] = (event if previous is None
                                   else pd.concat([previous, event], ignore_index=True))

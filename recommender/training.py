@@ -37,7 +37,7 @@ from recommender.base import Recommender
 from recommender.baselines import ItemKNN, Popularity
 from recommender.evaluation import temporal_split_per_user
 from recommender.graph_paths import GraphPathRecommender, product_links
-from recommender.history import history_matrix
+from recommender.history import DEFAULT_KIND_WEIGHTS, history_matrix
 from recommender.hybrid import HybridRecommender
 
 RECOMMENDER_DIR = ("artifacts", "recommender")
@@ -49,6 +49,9 @@ class HybridConfig:
     """Everything that shapes a trained hybrid; defaults tuned on ml-100k's validation split."""
 
     half_life: float | None = 5.0  # recency weighting of histories; None = unweighted
+    # confidence per (user, product) from interaction kind and count; None = 1 per pair
+    kind_weights: dict[str, float] | None = field(
+        default_factory=lambda: dict(DEFAULT_KIND_WEIGHTS))
     als: dict[str, Any] = field(default_factory=lambda: {
         "factors": 256, "regularization": 10.0, "alpha": 5.0, "iterations": 15})
     itemknn: dict[str, Any] = field(default_factory=lambda: {"neighbours": 200})
@@ -67,7 +70,8 @@ class HybridConfig:
 
 
 def interaction_frame(snapshot: GraphSnapshot) -> pd.DataFrame:
-    """Interactions as integer rows: user, item, ts (missing ts = 0), kind (and split)."""
+    """Interactions as integer rows: user, item, ts (missing ts = 0), kind, count (and
+    split)."""
     rels = snapshot.rels[INTERACTED.name]
     frame = pd.DataFrame({
         "user": pd.Index(snapshot.ids[USER]).get_indexer(rels["source"].astype(str)),
@@ -75,6 +79,8 @@ def interaction_frame(snapshot: GraphSnapshot) -> pd.DataFrame:
         "ts": (pd.to_numeric(rels["ts"], errors="coerce").fillna(0).astype(np.int64)
                if "ts" in rels else np.zeros(len(rels), dtype=np.int64)),
         "kind": rels["key"].astype(str).to_numpy() if "key" in rels else "interaction",
+        "count": (pd.to_numeric(rels["count"], errors="coerce").fillna(1).astype(np.int64)
+                  if "count" in rels else np.ones(len(rels), dtype=np.int64)),
     })
     if "split" in rels:  # data sets that ship their own split (gowalla)
         frame["split"] = rels["split"].astype(str).to_numpy()
@@ -120,7 +126,8 @@ def build_sources(config: HybridConfig, snapshot: GraphSnapshot | None,
     """The hybrid's sources and the extra `fit` arguments each needs (the GNN's graph)."""
     sources: dict[str, Recommender] = {
         "als": ALSRecommender(num_threads=config.threads, **config.als),
-        "copurchase": ItemKNN(weighted_history=config.half_life is not None,
+        "copurchase": ItemKNN(weighted_history=(config.half_life is not None
+                                                or config.kind_weights is not None),
                               **config.itemknn),
         "popularity": Popularity(),
     }
@@ -156,7 +163,8 @@ def tune_and_fit(config: HybridConfig, snapshot: GraphSnapshot | None, frame: pd
         fit_part, valid = temporal_split_per_user(frame, 1.0 - config.valid_ratio)
     else:
         fit_part = drop_pairs(frame, valid)
-    fit_matrix = history_matrix(fit_part, shape, config.half_life)
+    fit_matrix = history_matrix(fit_part, shape, config.half_life,
+                                kind_weights=config.kind_weights)
     valid_matrix = history_matrix(valid, shape, None)
     sources, options = build_sources(config, snapshot, features)
     sources.update({name: pair[0] for name, pair in prefitted.items()})
@@ -180,7 +188,7 @@ def tune_and_fit(config: HybridConfig, snapshot: GraphSnapshot | None, frame: pd
     sources.update({name: pair[1] for name, pair in prefitted.items()})
     final = HybridRecommender(sources, weights=tuning["weights"], candidates=config.candidates)
     final.tuning = tuning
-    matrix = history_matrix(frame, shape, config.half_life)
+    matrix = history_matrix(frame, shape, config.half_life, kind_weights=config.kind_weights)
     started = time.perf_counter()
     final.fit(matrix, options, prefitted=list(prefitted))
     log(f"refitted {len(sources)} sources on {matrix.nnz:,} interactions in "
@@ -249,7 +257,8 @@ def train_recommender(store: GraphStore, workspace: Path, config: HybridConfig |
         (directory / "ids.json").write_text(json.dumps(
             {"users": snapshot.ids[USER], "products": snapshot.ids[PRODUCT]}))
         _catalog_columns(catalog).to_parquet(directory / "catalog.parquet", index=False)
-        frame[["user", "item", "ts"]].to_parquet(directory / "history.parquet", index=False)
+        kept = [c for c in ("user", "item", "ts", "kind", "count") if c in frame]
+        frame[kept].to_parquet(directory / "history.parquet", index=False)
         (directory / "train.json").write_text(json.dumps(summary, indent=1, default=str))
 
     summary["version"] = _publish(Path(workspace), write).name

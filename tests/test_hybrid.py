@@ -14,7 +14,7 @@ from recommender.base import Recommender
 from recommender.baselines import ItemKNN, Popularity
 from recommender.evaluation import evaluate
 from recommender.graph_paths import GraphPathRecommender, product_links
-from recommender.history import history_matrix, recency_weights
+from recommender.history import confidence, history_matrix, recency_weights
 from recommender.hybrid import HybridRecommender, mmr, zscores
 from tests.shop_graph import small_shop
 from tests.test_recommenders import RecommenderConformance, planted
@@ -113,6 +113,30 @@ def test_recency_weights_halve_every_half_life() -> None:
     assert matrix.nnz == 4 and set(matrix.data) == {1.0}
     with pytest.raises(ValueError, match="half_life"):
         recency_weights(frame, half_life=0)
+
+
+def test_confidence_grows_with_kind_and_count() -> None:
+    # user 0: one purchase of 1, three purchases of 2 (one row with count 3), one view of 3;
+    # user 1: a view, then a cart, of 1 (one pair, two kinds), and an unlisted kind for 2
+    frame = pd.DataFrame({"user": [0, 0, 0, 1, 1, 1], "item": [1, 2, 3, 1, 1, 2],
+                          "ts": [1, 2, 3, 1, 2, 3],
+                          "kind": ["purchase", "purchase", "view", "view", "cart", "rating"],
+                          "count": [1, 3, 1, 1, 1, 1]})
+    weights = {"purchase": 1.0, "cart": 0.5, "view": 0.2}
+    by_pair = {(u, i): c for u, i, c in confidence(frame, weights).itertuples(index=False)}
+    assert by_pair[(0, 1)] == pytest.approx(1.0)  # a single purchase weighs 1
+    assert by_pair[(0, 2)] == pytest.approx(2.0)  # log2(1 + 3)
+    assert by_pair[(0, 3)] == pytest.approx(np.log2(1.2))
+    assert by_pair[(1, 1)] == pytest.approx(np.log2(1.7))  # view + cart add up
+    assert by_pair[(1, 2)] == pytest.approx(1.0)  # a kind not listed counts as 1
+    plain = history_matrix(frame, (2, 4), half_life=None)
+    weighted = history_matrix(frame, (2, 4), half_life=None, kind_weights=weights)
+    assert set(plain.data) == {1.0}
+    assert weighted[0, 2] > weighted[0, 1] > weighted[0, 3]
+    # recency and confidence multiply: item 3 is user 0's latest (recency 1), item 1 oldest
+    both = history_matrix(frame, (2, 4), half_life=1.0, kind_weights=weights)
+    assert both[0, 3] == pytest.approx(np.log2(1.2))
+    assert both[0, 1] == pytest.approx(0.25)
 
 
 @pytest.fixture(scope="module")
