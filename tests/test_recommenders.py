@@ -179,6 +179,13 @@ class TestItemKNN(RecommenderConformance):
         assert np.diff(shrunk.indptr).max() <= 5
         i, j = shrunk[0].indices[0], 0
         assert shrunk[0, i] == pytest.approx(co[j, i] / (norms[j] * norms[i] + 10.0), rel=1e-5)
+        # every row keeps exactly its 5 largest shrunk similarities (ties may swap items)
+        full = co / (np.outer(norms, norms) + 10.0)
+        np.fill_diagonal(full, 0)
+        for row in range(N_ITEMS):
+            best = np.sort(full[row])[::-1][:5]
+            np.testing.assert_allclose(np.sort(shrunk[row].data)[::-1], best[best > 0],
+                                       rtol=1e-5)
 
 
 class TestBPRMF(RecommenderConformance):
