@@ -530,7 +530,8 @@ class GraphRecommender(Recommender):
         self.sampling, self.max_full_nnz, self.chunk_rows = sampling, max_full_nnz, chunk_rows
         self.fanout: int | tuple[int, ...] = (int(fanout) if isinstance(fanout, int)
                                               else tuple(int(f) for f in fanout))
-        self.epoch_seconds: list[float] = []
+        self.epoch_seconds: list[float] = []  # wall time of each training epoch
+        self.epoch_cpu_seconds: list[float] = []  # this process's CPU time of each epoch
         self.history: list[dict[str, float]] = []  # validation results, one per evaluation
         self.best_epoch: int | None = None
         self.sampling_used: str | None = None  # "full" or "neighbour", set by fit
@@ -658,10 +659,11 @@ class GraphRecommender(Recommender):
         positive_keys = users * self.n_items + items  # sorted: CSR order is row-major
         first_product = self.offsets[PRODUCT_TYPE][0]
         self.epoch_seconds, self.history, self.best_epoch = [], [], None
+        self.epoch_cpu_seconds = []
         self.max_batch_nodes = 0
         best, best_state, stale = -1.0, None, 0
         for epoch in range(1, self.epochs + 1):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             order = rng.permutation(len(users))
             negatives = self._negatives(users, positive_keys, rng)
             # one transfer per epoch: (user, positive, negative) node ids in batch order
@@ -687,6 +689,7 @@ class GraphRecommender(Recommender):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # the epoch's kernels, not only their launches
             self.epoch_seconds.append(time.perf_counter() - start)
+            self.epoch_cpu_seconds.append(time.process_time() - start_cpu)
             if self.verbose:
                 print(f"epoch {epoch}: loss {float(total) / max(len(users), 1):.4f} "
                       f"({self.epoch_seconds[-1]:.2f} s)")
@@ -820,7 +823,11 @@ class GraphRecommender(Recommender):
 
     # ---- scoring ---------------------------------------------------------------------------
     def score(self, user_rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
-        """Dot products of final embeddings.
+        """Dot products of final embeddings (see `user_vectors` for unseen users)."""
+        return self.user_vectors(user_rows, user_items) @ self.item_embeddings.T
+
+    def user_vectors(self, user_rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        """Final user embeddings, the query side of a k-NN search over `item_embeddings`.
 
         A user unseen in training (or trained without interactions) gets the mean final
         embedding of the products in the history passed in, or, without history, the mean
@@ -837,7 +844,7 @@ class GraphRecommender(Recommender):
             history = histories[slot].indices
             users[slot] = (self.item_embeddings[history].mean(0) if len(history)
                            else self._fallback_user)
-        return users @ self.item_embeddings.T
+        return users
 
     def similar_items(self, item: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Cosine over the final product embeddings."""

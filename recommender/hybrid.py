@@ -8,7 +8,9 @@ relations) and popularity. For a user:
 1. every source scores all products; each source's scores are standardised per user
    (z-scores), so a dot product, a co-occurrence count and a path count become comparable;
 2. each source with a non-zero weight proposes its `candidates` best unseen products; the
-   union is the candidate set, everything else is out (score -inf);
+   union is the candidate set, everything else is out (score -inf). An embedding source
+   (one with `user_vectors`, i.e. the GNN) proposes the nearest neighbours of the user's
+   vector from a faiss index (`retrieval.EmbeddingRetriever`), the others their top scores;
 3. a candidate's score is the weighted sum of its z-scores. The weights are tuned on a
    validation split by coordinate ascent on NDCG@k (`tune`), never on the test split;
 4. `explain` names, for a recommended product, the sources that contributed most and the
@@ -21,6 +23,7 @@ relations) and popularity. For a user:
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,7 @@ import scipy.sparse as sp
 from recommender.base import SCORE_CELLS, Recommender, as_user_rows, binarised, top_k
 from recommender.baselines import ItemKNN, Popularity
 from recommender.graph_paths import GraphPathRecommender
+from recommender.retrieval import EmbeddingRetriever
 
 DEFAULT_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 META_FILE = "hybrid.json"
@@ -84,6 +88,8 @@ class HybridRecommender(Recommender):
             self.set_weights(weights)
         self.candidates = int(candidates)
         self.tuning: dict[str, Any] = {}
+        self._retrievers: dict[str, EmbeddingRetriever] = {}
+        self._retrievers_lock = threading.Lock()
 
     def set_weights(self, weights: Mapping[str, float]) -> None:
         """Replace the blend weights; unknown sources or negative weights are errors."""
@@ -202,7 +208,8 @@ class HybridRecommender(Recommender):
             hi = min(lo + step, len(user_rows))
             part = history[lo:hi]
             scores = self._zscores(user_rows[lo:hi], part, names)
-            tops = [self._candidates(s, part) for s in scores]
+            tops = [self._source_candidates(name, user_rows[lo:hi], part, s)
+                    for name, s in zip(names, scores)]
             merged = np.sort(np.concatenate(tops, axis=1), axis=1)
             merged[:, 1:][merged[:, 1:] == merged[:, :-1]] = -1  # duplicates
             items[lo:hi, : merged.shape[1]] = merged
@@ -227,6 +234,29 @@ class HybridRecommender(Recommender):
                    history.indices] = -np.inf
         ids, _ = top_k(masked, min(self.candidates, self.n_items))
         return ids
+
+    def _source_candidates(self, name: str, user_rows: np.ndarray, history: sp.csr_matrix,
+                           z: np.ndarray) -> np.ndarray:
+        """Source `name`'s candidates: k-NN from its faiss index if it embeds users and
+        items, else the top of its scores `z`."""
+        retriever = self.retriever(name)
+        if retriever is None:
+            return self._candidates(z, history)
+        queries = self.sources[name].user_vectors(user_rows, history)  # type: ignore[attr-defined]
+        return retriever.candidates(queries, history, min(self.candidates, self.n_items))
+
+    def retriever(self, name: str) -> EmbeddingRetriever | None:
+        """The faiss k-NN retriever over source `name`'s item vectors (built on first use,
+        rebuilt after a refit); None for a source without user and item vectors."""
+        source = self.sources[name]
+        vectors = getattr(source, "item_embeddings", None)
+        if not hasattr(source, "user_vectors") or not isinstance(vectors, np.ndarray):
+            return None
+        with self._retrievers_lock:
+            retriever = self._retrievers.get(name)
+            if retriever is None or retriever.source_vectors is not vectors:
+                retriever = self._retrievers[name] = EmbeddingRetriever(vectors)
+        return retriever
 
     def source_scores(self, user_rows: np.ndarray | int, user_items: sp.csr_matrix
                       ) -> dict[str, np.ndarray]:
@@ -256,7 +286,7 @@ class HybridRecommender(Recommender):
         for name, z in zip(names, self._zscores(rows, history, names)):
             blended += np.float32(self.weights[name]) * z
             if restrict:
-                _mark(allowed, self._candidates(z, history))
+                _mark(allowed, self._source_candidates(name, rows, history, z))
         if restrict:
             # the user's own items stay scored: `recommend(exclude_seen=False)` may show them
             allowed[np.repeat(np.arange(len(rows)), np.diff(history.indptr)),

@@ -337,6 +337,16 @@ class VectorIndex:
             scores, positions = self._search_allowed(q, min(k, n_allowed), allowed, n_allowed)
         return self._results(scores, positions)
 
+    def search_positions(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Unfiltered top-k as arrays: (scores, row positions), -1 where fewer exist.
+
+        Positions are rows of the `vectors` the index was built from, for callers that keep
+        their own integer ids (a recommender's item rows) and would only parse strings back.
+        """
+        q = _as_matrix(queries, "queries", self.dim)
+        k = _check_k(k)
+        return self._search_all(q, min(k, len(self)))
+
     def search_one(
         self,
         vector: np.ndarray,
