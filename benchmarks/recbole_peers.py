@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -249,15 +248,10 @@ def run(recbole_python: Path, directory: Path, models: list[str], max_epochs: di
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()}-core CPU (shared), no GPU; 1 torch thread per model"
+    _on_project_path()
+    from benchmarks.machine import describe_machine  # project side only: not in the worker
+
+    return describe_machine("1 torch thread per model")
 
 
 def markdown(report: dict) -> str:

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -38,6 +36,7 @@ import numpy as np  # noqa: E402
 import scipy.linalg  # noqa: E402, F401
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from benchmarks.machine import describe_machine  # noqa: E402
 from recommender.experiment import (  # noqa: E402
     BASELINES,
     MODELS,
@@ -71,13 +70,7 @@ def gowalla_gnn(directory: Path) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return (f"{cpu}, {os.cpu_count()} cores (shared with other jobs), no GPU; Python "
-            f"{platform.python_version()}, numpy {np.__version__}; models on 1 thread")
+    return describe_machine("models on 1 thread")
 
 
 def run_dataset(name: str, args: argparse.Namespace) -> dict:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,6 +39,7 @@ import pandas as pd  # noqa: E402
 import scipy.linalg  # noqa: E402, F401
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from benchmarks.machine import describe_machine  # noqa: E402
 from recommender.als import ALSRecommender  # noqa: E402
 from recommender.baselines import BPRMF, ItemKNN, Popularity  # noqa: E402
 from recommender.evaluation import evaluate, temporal_split_per_user, to_csr  # noqa: E402
@@ -198,17 +197,8 @@ def als_overhead(params: dict, threads: int, train, reps: int) -> dict:  # noqa:
 
 
 def machine(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores (shared), {platform.system()}; Python "
-            f"{platform.python_version()}, implicit {implicit.__version__}, numpy "
-            f"{np.__version__}; {threads} thread(s) for the models, BLAS limited to 1")
+    return describe_machine(f"implicit {implicit.__version__}; {threads} thread(s) for the "
+                            "models, BLAS limited to 1")
 
 
 def markdown(report: dict) -> str:
