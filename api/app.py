@@ -426,6 +426,21 @@ class Services:
                         ts=ts, count=count, new_user=new_user, recommender=version,
                         history=history)
 
+    def adopt_user(self, loaded: LoadedRecommender, user_id: str) -> bool:
+        """Let `loaded` serve a user the graph has but its training did not (their stored
+        history; cold start when short). False when the graph has no such user, or when the
+        store cannot be asked (the caller answers 404 either way: reads never need it)."""
+        try:
+            store = self.store()
+            if store.get_node(USER, user_id) is None:
+                return False
+            events = store.interactions(user_id)
+        except (HTTPException, *_store_errors()) as exc:
+            log.warning("could not look up user %r in the graph store: %s", user_id, exc)
+            return False
+        loaded.service.adopt_user(user_id, events)
+        return True
+
     def _record_live(self, event: EventIn, ts: int) -> tuple[str | None, int | None]:
         from recommender.service import UnknownIdError
 
@@ -761,15 +776,23 @@ def _add_recommendation_routes(app: FastAPI, services: Services) -> None:
         request. A shopper with a short history gets popular products of the categories they
         touched; events posted to /events count at once."""
         loaded = services.require_recommender()  # read once: a reload does not affect us
-        try:
-            recs = loaded.service.recommend(
+
+        def ask() -> list[Recommendation]:
+            return loaded.service.recommend(
                 user_id, k=k, category=category, brand=brand,
                 exclude_categories=tuple(exclude_category or ()),
                 exclude_brands=tuple(exclude_brand or ()), diversity=diversity,
                 explain=explain)
-        except UnknownIdError as exc:
-            raise HTTPException(404, detail=f"unknown user {user_id!r}: no history in "
-                                            f"recommender {loaded.version}") from exc
+
+        try:
+            try:
+                recs = ask()
+            except UnknownIdError as exc:  # in the graph but newer than this version?
+                if not services.adopt_user(loaded, user_id):
+                    raise HTTPException(404, detail=f"unknown user {user_id!r}: not in the "
+                                                    "graph, no history in recommender "
+                                                    f"{loaded.version}") from exc
+                recs = ask()
         except ValueError as exc:
             raise HTTPException(422, detail=str(exc)) from exc
         response.headers[RECOMMENDER_HEADER] = loaded.version

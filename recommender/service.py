@@ -288,6 +288,37 @@ class RecommendationService:
         return {"user": str(user_id), "product": str(product_id), "kind": kind,
                 "history": int(history.nnz), "als_folded_in": folded}
 
+    def adopt_user(self, user_id: str, events: pd.DataFrame) -> int:
+        """Serve a shopper this version was not trained on (e.g. one loaded into the graph
+        after training) from their stored history: `events` rows `product_id, kind, ts` (and
+        optional `count`); products this version does not know are skipped. Returns the
+        history length; a user already known is left as is."""
+        with self._lock:
+            row = self.user_row.get(str(user_id))
+            if row is not None:
+                return int(self._history_row(row).nnz)
+            items = pd.Series(events.get("product_id", pd.Series(dtype=str))).astype(str).map(
+                self.product_row)
+            known = items.notna().to_numpy()
+            rows = events[known]
+            row = len(self.user_ids)
+            self.user_ids.append(str(user_id))
+            self.user_row[str(user_id)] = row
+            if len(rows):
+                frame = pd.DataFrame({
+                    "user": row, "item": items[known].astype(np.int64).to_numpy(),
+                    "ts": pd.to_numeric(rows.get("ts"), errors="coerce").fillna(0)
+                    .astype(np.int64).to_numpy(),
+                    "kind": rows["kind"].astype(str).to_numpy() if "kind" in rows else "view",
+                    "count": (pd.to_numeric(rows["count"], errors="coerce").fillna(1)
+                              .astype(np.int64).to_numpy() if "count" in rows else 1)})
+                self._by_user[row] = frame
+            history = self._history_row(row)
+            als = self.model.sources.get("als")
+            if als is not None and history.nnz and row <= len(als.user_factors):  # type: ignore[attr-defined]
+                als.fold_in(row, history)  # type: ignore[attr-defined]
+            return int(history.nnz)
+
     # ---- rendering -------------------------------------------------------------------------
     def _title(self, item: int) -> str:
         title = self.catalog["title"].iloc[item] if "title" in self.catalog else None

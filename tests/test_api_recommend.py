@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 import api.app as api_app
 from api.app import PERSONAL_WEIGHT, RECOMMENDER_HEADER, create_app
 from kg.embedded import EmbeddedStore
-from kg.schema import GraphBatch
+from kg.schema import INTERACTED, GraphBatch
 from recommender.content import build_content
 from recommender.service import RecommendationService
 from recommender.training import HybridConfig, current_version, train_recommender
@@ -208,6 +208,27 @@ def test_event_from_a_new_user_creates_the_user_node(copy) -> None:
         assert abs(r.json()["ts"] - time.time()) < 60  # no ts given: now
         recs = c.get("/users/walk-in/recommendations").json()  # cold start, not a 404
         assert recs["items"] and "p6" not in ids(recs)
+
+
+def test_a_shopper_loaded_after_training_is_served_from_the_graph(copy) -> None:
+    """A user the graph has but this version was not trained on: their stored history
+    counts (not a 404); one with no interactions gets the cold start."""
+    store = EmbeddedStore(copy / "graph")
+    batch = GraphBatch()
+    batch.add_node("User", "late")
+    batch.add_node("User", "idle")
+    for step, product in enumerate(["p1", "p2", "p4"]):
+        batch.add_rel(INTERACTED, "late", product, {"kind": "purchase", "weight": 1.0,
+                                                    "count": 1, "ts": 3_000 + step})
+    store.load(batch)
+    with TestClient(writable_app(copy, store)) as c:
+        r = c.get("/users/late/recommendations", params={"k": 4, "explain": True})
+        assert r.status_code == 200, r.text
+        assert r.json()["items"] and not {"p1", "p2", "p4"} & set(ids(r.json()))
+        assert all(item["reasons"] for item in r.json()["items"])
+        idle = c.get("/users/idle/recommendations")
+        assert idle.status_code == 200 and idle.json()["items"]
+        assert c.get("/users/ghost/recommendations").status_code == 404
 
 
 def test_events_need_the_api_key_when_one_is_configured(copy) -> None:
