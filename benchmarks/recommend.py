@@ -55,13 +55,9 @@ def gowalla_gnn(directory: Path) -> dict:
 
     models, reports = [], {}
     for phase in ("fit", "full"):
-        model = GraphRecommender()
-        model.user_embeddings = np.load(directory / f"{phase}_users.npy")
-        model.item_embeddings = np.load(directory / f"{phase}_items.npy")
-        model.n_users, model.n_items = len(model.user_embeddings), len(model.item_embeddings)
-        active = np.load(directory / f"{phase}_active.npy")
-        model._active_users = active  # what GraphRecommender.load restores from a checkpoint
-        model._fallback_user = model.user_embeddings[active].mean(0)
+        model = GraphRecommender.from_embeddings(
+            np.load(directory / f"{phase}_users.npy"), np.load(directory / f"{phase}_items.npy"),
+            np.load(directory / f"{phase}_active.npy"))
         report = json.loads((directory / f"{phase}.json").read_text())
         model.epoch_seconds = [report["epoch_s_median"]] * report["epochs_run"]
         models.append(model)

@@ -816,10 +816,34 @@ class GraphRecommender(Recommender):
         self.user_embeddings = final[: self.n_users].copy()
         lo, hi = self.offsets[PRODUCT_TYPE]
         self.item_embeddings = final[lo:hi].copy()
-        active = np.diff(matrix.indptr) > 0
-        self._fallback_user = (self.user_embeddings[active].mean(0) if active.any()
+        self._set_active(np.diff(matrix.indptr) > 0)
+
+    def _set_active(self, active: np.ndarray) -> None:
+        """Which users trained with interactions; the others score as their history's mean
+        product, or without history as the mean trained user."""
+        self._active_users = np.asarray(active, dtype=bool)
+        self._fallback_user = (self.user_embeddings[self._active_users].mean(0)
+                               if self._active_users.any()
                                else np.zeros(self.dim, dtype=np.float32))
-        self._active_users = active
+
+    @classmethod
+    def from_embeddings(cls, user_embeddings: np.ndarray, item_embeddings: np.ndarray,
+                        active_users: np.ndarray, **config: Any) -> GraphRecommender:
+        """A scoring-only model from final embeddings trained elsewhere (e.g. on a GPU
+        machine by `benchmarks/gowalla_gnn.py`); it cannot be refitted or saved."""
+        users = np.asarray(user_embeddings, dtype=np.float32)
+        items = np.asarray(item_embeddings, dtype=np.float32)
+        if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
+            raise ValueError(f"embeddings must be 2-D with one width: users {users.shape}, "
+                             f"items {items.shape}")
+        if len(active_users) != len(users):
+            raise ValueError(f"active_users has {len(active_users)} rows for {len(users)} "
+                             "users")
+        model = cls(**{**config, "dim": users.shape[1]})
+        model.user_embeddings, model.item_embeddings = users, items
+        model.n_users, model.n_items = len(users), len(items)
+        model._set_active(active_users)
+        return model
 
     # ---- scoring ---------------------------------------------------------------------------
     def score(self, user_rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
@@ -920,8 +944,5 @@ class GraphRecommender(Recommender):
         model.network.to(target)
         model.user_embeddings = state["user_embeddings"].numpy()
         model.item_embeddings = state["item_embeddings"].numpy()
-        model._active_users = state["active_users"].numpy()
-        active = model._active_users
-        model._fallback_user = (model.user_embeddings[active].mean(0) if active.any()
-                                else np.zeros(model.dim, dtype=np.float32))
+        model._set_active(state["active_users"].numpy())
         return model

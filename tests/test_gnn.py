@@ -404,3 +404,17 @@ def test_cuda_fit_then_cpu_load(tmp_path, sampling: str) -> None:  # noqa: ANN00
     np.testing.assert_array_equal(loaded.score(rows, train[rows]), model.score(rows, train[rows]))
     np.testing.assert_allclose(loaded.embed_new_products(features[:2]),
                                model.embed_new_products(features[:2]), rtol=1e-5, atol=1e-6)
+
+
+def test_from_embeddings_scores_like_the_trained_model() -> None:
+    train, _, _ = planted()
+    model = fast(epochs=3).fit(train)
+    active = np.diff(train.indptr) > 0
+    copy = GraphRecommender.from_embeddings(model.user_embeddings, model.item_embeddings,
+                                            active)
+    rows = np.array([0, 3, len(active) - 1])  # the last planted user has no history
+    np.testing.assert_allclose(copy.score(rows, train[rows]), model.score(rows, train[rows]),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="active_users"):
+        GraphRecommender.from_embeddings(model.user_embeddings, model.item_embeddings,
+                                         active[:-1])
