@@ -19,6 +19,7 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
 import numpy as np
@@ -104,6 +105,18 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     values = np.take_along_axis(best, order, axis=1)
     ids[np.isneginf(values)] = -1
     return ids, values
+
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a source proposed a product: the history product and graph node behind it."""
+
+    source: str
+    contribution: float
+    because_of: int | None = None  # a product row from the user's history
+    via: str | None = None  # a graph node's name (brand, category, attribute, entity)
+    relation: str | None = None  # entity paths: the KG relation leading to `via`
 
 
 class Recommender(ABC):

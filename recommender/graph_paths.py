@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from kg.export import GraphSnapshot
 from kg.schema import ATTRIBUTE, BRAND, CATEGORY, ENTITY, PRODUCT
-from recommender.base import Recommender, binarised, top_k
+from recommender.base import Reason, Recommender, binarised, top_k
 
 PATH_FAMILIES = ("brand", "category", "attribute", "entity")
 
@@ -203,6 +203,17 @@ class GraphPathRecommender(Recommender):
             model.n_users = int(data["n_users"])
         model.n_items = model.links.incidence.shape[0]
         return model
+
+    def reason(self, history: np.ndarray, item: int, source: str, contribution: float = 0.0
+               ) -> Reason | None:
+        """`explain` as a Reason named `source`: the history product, the shared node's name
+        and, for external-KG entities, the relation that links `item` to it."""
+        found = self.explain(history, item)
+        if found is None:
+            return None
+        node, holder = found
+        return Reason(source, contribution, holder, self.links.node_names[node],
+                      self.links.relations.get((item, node)))
 
     def explain(self, history: np.ndarray, item: int) -> tuple[int, int] | None:
         """(node column, history product) behind `item`'s score: the rarest shared node."""

@@ -25,14 +25,20 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.base import SCORE_CELLS, Recommender, as_user_rows, binarised, top_k
+from recommender.base import (
+    SCORE_CELLS,
+    Reason,
+    Recommender,
+    as_user_rows,
+    binarised,
+    top_k,
+)
 from recommender.baselines import ItemKNN, Popularity
 from recommender.graph_paths import GraphPathRecommender
 from recommender.retrieval import EmbeddingRetriever
@@ -49,17 +55,6 @@ def _source_types() -> dict[str, type[Recommender]]:
 
     return {cls.__name__: cls for cls in (ALSRecommender, GraphRecommender, ItemKNN,
                                            Popularity, GraphPathRecommender, BPRMF)}
-
-
-@dataclass(frozen=True)
-class Reason:
-    """Why a source proposed a product: the history product and graph node behind it."""
-
-    source: str
-    contribution: float
-    because_of: int | None = None  # a product row from the user's history
-    via: str | None = None  # a graph node's name (brand, category, attribute, entity)
-    relation: str | None = None  # entity paths: the KG relation leading to `via`
 
 
 def zscores(scores: np.ndarray) -> np.ndarray:
@@ -376,12 +371,7 @@ class HybridRecommender(Recommender):
     def _source_reason(self, name: str, value: float, seen: np.ndarray, item: int) -> Reason:
         source = self.sources[name]
         if isinstance(source, GraphPathRecommender):
-            found = source.explain(seen, item)
-            if found is None:
-                return Reason(name, value)
-            node, holder = found
-            relation = source.links.relations.get((item, node))
-            return Reason(name, value, holder, source.links.node_names[node], relation)
+            return source.reason(seen, item, name, value) or Reason(name, value)
         if isinstance(source, Popularity) or not len(seen):
             return Reason(name, value)
         if isinstance(source, ItemKNN) and source.similarity is not None:

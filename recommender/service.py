@@ -28,9 +28,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recommender.base import top_k
+from recommender.base import Reason, top_k
+from recommender.baselines import ItemKNN
+from recommender.graph_paths import GraphPathRecommender
 from recommender.history import history_matrix
-from recommender.hybrid import HybridRecommender, Reason, mmr
+from recommender.hybrid import HybridRecommender, mmr
 from recommender.training import current_version
 
 MIN_HISTORY = 3
@@ -245,17 +247,13 @@ class RecommendationService:
     def _related_reasons(self, item: int, other: int) -> tuple[list[str], list[str]]:
         sources, reasons = [], []
         for name, source in self.model.sources.items():
-            if name.startswith("kg_"):
-                found = source.explain(np.array([item]), other)  # type: ignore[attr-defined]
-                if found is not None:
-                    node, _ = found
-                    via = source.links.node_names[node]  # type: ignore[attr-defined]
+            if isinstance(source, GraphPathRecommender):
+                reason = source.reason(np.array([item]), other, name)
+                if reason is not None:
                     sources.append(name)
-                    reasons.append(self.render(Reason(name, 0.0, item, via,
-                                                      source.links.relations.get(  # type: ignore[attr-defined]
-                                                          (other, node))), other))
-            elif name == "copurchase":
-                sim = source.similarity  # type: ignore[attr-defined]
+                    reasons.append(self.render(reason, other))
+            elif isinstance(source, ItemKNN):
+                sim = source.similarity
                 if sim is not None and sim[item, other] > 0:
                     sources.append(name)
                     reasons.append(f"often bought together with {self._title(item)}")
