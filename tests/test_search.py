@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,39 +12,17 @@ import pytest
 
 from encoders.joint import JointConfig
 from kg.embedded import EmbeddedStore
-from kg.importers import load_dataset
-from kg.importers.fashion import default_dir
 from recommender.content import ContentArtifacts, build_content, content_dir
 from recommender.search import ProductSearch
+from tests.fashion_slice import build_workspace, requires_fashion, write_slice
 
-FASHION = default_dir()
-pytestmark = pytest.mark.skipif(not (FASHION / "styles_sample.csv").exists(),
-                                reason=f"fashion data not found at {FASHION}")
-
-
-def sample_rows(n_per_type: int = 25) -> list[list[str]]:
-    """Products with photos from six article types (the sample file lists the photos)."""
-    types = ("Shirts", "Tshirts", "Jeans", "Sports Shoes", "Casual Shoes", "Watches")
-    with open(FASHION / "styles_sample.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], rows[1:]
-    picked = []
-    for kind in types:
-        picked += [r for r in body if len(r) == len(header) and r[4] == kind][:n_per_type]
-    return [header, *picked]
+pytestmark = requires_fashion
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("fashion-slice")
-    with open(data / "styles.csv", "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(sample_rows())
-    os.symlink(FASHION / "images", data / "images")
-    ws = tmp_path_factory.mktemp("ws")
-    store = EmbeddedStore(ws / "graph")
-    load_dataset("fashion", store, data)
-    build_content(store, ws, joint_config=JointConfig(epochs=15, batch_size=64))
-    return ws
+    data = write_slice(tmp_path_factory.mktemp("fashion-slice"))
+    return build_workspace(data, tmp_path_factory.mktemp("ws"))
 
 
 @pytest.fixture(scope="module")
