@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--regularization", type=float, default=1e-4)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--pairs", choices=["interactions", "users"], default="users",
+                        help="BPR pairs per epoch: every interaction once, or users drawn "
+                             "uniformly (LightGCN's reference sampler)")
     args = parser.parse_args()
 
     from encoders.gnn import GraphRecommender
@@ -73,7 +76,7 @@ def main() -> None:
         dim=64, layers=3, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, regularization=args.regularization, seed=0,
         device=args.device, eval_every=args.eval_every if valid is not None else 10**9,
-        patience=args.patience, verbose=True)
+        patience=args.patience, pairs=args.pairs, verbose=True)
     start = time.perf_counter()
     model.fit(fit, valid=valid)
     train_s = time.perf_counter() - start

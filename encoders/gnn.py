@@ -19,6 +19,14 @@ embedding is its id embedding plus a linear projection of its features, so a pro
 interactions still lands near products with similar content, and a product added after
 training gets an embedding from its features alone (`embed_new_products`).
 
+BPR pairs. Each epoch draws as many (user, positive, negative) triples as there are training
+interactions. `pairs="users"` (the default, LightGCN's reference sampler) draws the user
+uniformly among users with history, then one of their products, so every user weighs alike in
+the loss, as in per-user metrics like Recall@20; `pairs="interactions"` takes every training
+pair once, weighing a user by their history's length. On ml-100k-kg (lr 5e-3, early stopping
+on validation, KG edges) "users" reached test Recall@20 0.1994 / NDCG@20 0.2040 against
+0.1879 / 0.1959. Negatives are uniform over products, re-drawn while they are positives.
+
 Scale. `sampling` chooses how a BPR batch propagates; "auto" (the default) takes "full" while
 the normalised adjacency holds at most `max_full_nnz` entries (5M), "neighbour" above.
 - "full": exact LightGCN over the whole graph for every batch, as LightGCN's reference code
@@ -46,7 +54,7 @@ Devices and seeds. device="auto" (the default) trains on CUDA when torch sees a 
 on the CPU; sampling, features and optimisers live on that device (negatives are drawn by
 numpy and moved once per epoch), and checkpoints hold CPU tensors that `load(...,
 device=...)` places anywhere (a GPU-trained one opens on a machine without a GPU). With a
-`seed`, numpy draws the order and the negatives and torch the initialisation and the
+`seed`, numpy draws the pairs and the negatives and torch the initialisation and the
 neighbour samples, so two CPU fits give identical embeddings in both modes (on CUDA, atomic
 scatter-adds may change the last bits).
 """
@@ -74,6 +82,7 @@ if TYPE_CHECKING:
 USER_TYPE, PRODUCT_TYPE = "user", "product"
 CONFIG_FILE, STATE_FILE = "config.json", "state.pt"
 SAMPLING_MODES = ("auto", "full", "neighbour")
+PAIR_MODES = ("interactions", "users")
 
 
 def _edge_name(edge_type: tuple[str, str, str]) -> str:
@@ -508,9 +517,12 @@ class GraphRecommender(Recommender):
         prune_kg_leaves: bool = True, num_threads: int | None = None, verbose: bool = False,
         sampling: str = "auto", fanout: int | Sequence[int] = 10,
         max_full_nnz: int = 5_000_000, chunk_rows: int = 1 << 16,
+        pairs: str = "users",
     ) -> None:
         if dim < 1 or layers < 0 or epochs < 0 or batch_size < 1:
             raise ValueError("dim and batch_size must be >= 1, layers and epochs >= 0")
+        if pairs not in PAIR_MODES:
+            raise ValueError(f"pairs must be one of {PAIR_MODES}, got {pairs!r}")
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
         if isinstance(fanout, np.integer):
@@ -528,6 +540,7 @@ class GraphRecommender(Recommender):
         self.init_std, self.num_threads, self.verbose = init_std, num_threads, verbose
         self.prune_kg_leaves = prune_kg_leaves
         self.sampling, self.max_full_nnz, self.chunk_rows = sampling, max_full_nnz, chunk_rows
+        self.pairs = pairs
         self.fanout: int | tuple[int, ...] = (int(fanout) if isinstance(fanout, int)
                                               else tuple(int(f) for f in fanout))
         self.epoch_seconds: list[float] = []  # wall time of each training epoch
@@ -556,7 +569,8 @@ class GraphRecommender(Recommender):
                 "prune_kg_leaves": self.prune_kg_leaves, "num_threads": self.num_threads,
                 "sampling": self.sampling,
                 "fanout": (self.fanout if isinstance(self.fanout, int) else list(self.fanout)),
-                "max_full_nnz": self.max_full_nnz, "chunk_rows": self.chunk_rows}
+                "max_full_nnz": self.max_full_nnz, "chunk_rows": self.chunk_rows,
+                "pairs": self.pairs}
 
     def _torch_device(self) -> torch.device:
         """"auto": CUDA when torch sees a GPU, else CPU; anything else as torch spells it."""
@@ -664,15 +678,20 @@ class GraphRecommender(Recommender):
         best, best_state, stale = -1.0, None, 0
         for epoch in range(1, self.epochs + 1):
             start, start_cpu = time.perf_counter(), time.process_time()
-            order = rng.permutation(len(users))
-            negatives = self._negatives(users, positive_keys, rng)
+            if self.pairs == "interactions":  # every training pair once, shuffled
+                order = rng.permutation(len(users))
+                negatives = self._negatives(users, positive_keys, rng)[order]
+                epoch_users, epoch_items = users[order], items[order]
+            else:
+                epoch_users, epoch_items = self._user_pairs(matrix, len(users), rng)
+                negatives = self._negatives(epoch_users, positive_keys, rng)
             # one transfer per epoch: (user, positive, negative) node ids in batch order
             triples = torch.as_tensor(np.stack([
-                users[order], items[order] + first_product,
-                negatives[order] + first_product]), device=device)
+                epoch_users, epoch_items + first_product, negatives + first_product]),
+                device=device)
             self.network.train()
             total = torch.zeros((), device=device)  # summed on the device: no sync per batch
-            for lo in range(0, len(order), self.batch_size):
+            for lo in range(0, len(epoch_users), self.batch_size):
                 batch = triples[:, lo: lo + self.batch_size]
                 for optimiser in optimisers:
                     optimiser.zero_grad()
@@ -747,6 +766,21 @@ class GraphRecommender(Recommender):
         l2 = ego.pow(2).sum() / 2
         return (torch.nn.functional.softplus(neg - pos).mean()
                 + self.regularization * l2 / size)
+
+    @staticmethod
+    def _user_pairs(matrix: sp.csr_matrix, n: int, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """`n` (user, positive) pairs for `pairs="users"`: a user drawn uniformly among those
+        with history, then one of their products (LightGCN's reference sampler), so every
+        user weighs alike in the loss, as they do in a per-user metric such as Recall@20;
+        `pairs="interactions"` weighs a user by the length of their history instead."""
+        degree = np.diff(matrix.indptr)
+        active = np.flatnonzero(degree > 0)
+        if not len(active):
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        picked = active[rng.integers(0, len(active), size=n)]
+        offset = (rng.random(len(picked)) * degree[picked]).astype(np.int64)
+        return picked, matrix.indices[matrix.indptr[picked] + offset].astype(np.int64)
 
     def _negatives(self, users: np.ndarray, positive_keys: np.ndarray,
                    rng: np.random.Generator) -> np.ndarray:

@@ -56,8 +56,8 @@ class HybridConfig:
         "factors": 256, "regularization": 10.0, "alpha": 5.0, "iterations": 15})
     itemknn: dict[str, Any] = field(default_factory=lambda: {"neighbours": 200})
     gnn: dict[str, Any] | None = field(default_factory=lambda: {
-        "dim": 64, "layers": 3, "epochs": 100, "learning_rate": 5e-3, "eval_every": 5,
-        "patience": 3, "device": "auto"})
+        "dim": 64, "layers": 3, "epochs": 200, "learning_rate": 5e-3, "eval_every": 5,
+        "patience": 3, "device": "auto", "pairs": "users"})
     gnn_kg_edges: bool = True  # widen the GNN's graph with the knowledge graph
     graph_paths: bool = True
     candidates: int = 200

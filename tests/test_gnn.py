@@ -418,3 +418,19 @@ def test_from_embeddings_scores_like_the_trained_model() -> None:
     with pytest.raises(ValueError, match="active_users"):
         GraphRecommender.from_embeddings(model.user_embeddings, model.item_embeddings,
                                          active[:-1])
+
+
+def test_user_uniform_pairs_weigh_every_user_alike() -> None:
+    """pairs="users" (LightGCN's sampler): users drawn uniformly, each with a real positive."""
+    heavy = np.ones((1, 100), dtype=np.float32)
+    light = np.zeros((2, 100), dtype=np.float32)
+    light[0, 7] = 1.0  # user 1 has one product, user 2 none
+    matrix = sp.csr_matrix(np.vstack([heavy, light]))
+    users, items = GraphRecommender._user_pairs(matrix, 4000, np.random.default_rng(0))
+    assert len(users) == len(items) == 4000
+    assert set(users) == {0, 1} and abs(np.mean(users == 1) - 0.5) < 0.05
+    assert (items[users == 1] == 7).all() and len(set(items[users == 0])) > 90
+    model = fast(pairs="users", epochs=3).fit(planted()[0])
+    assert model.config()["pairs"] == "users"
+    with pytest.raises(ValueError, match="pairs"):
+        GraphRecommender(pairs="everything")
