@@ -38,13 +38,16 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
@@ -66,6 +69,7 @@ from api.models import (
     RelationshipOut,
     ReloadOut,
     SearchOut,
+    UsersOut,
 )
 from api.security import ApiKey, require_api_key
 from kg.schema import (
@@ -590,6 +594,7 @@ def create_app(
     _add_graph_routes(app, services)
     _add_recommendation_routes(app, services)
     _add_operational_routes(app, services, metrics)
+    _add_page_routes(app, services)
     return app
 
 
@@ -901,6 +906,84 @@ def _add_operational_routes(app: FastAPI, services: Services, metrics: ApiMetric
             previous_recommender=previous_rec.version if previous_rec else None,
             not_loaded=report.absent,
             seconds=round(time.perf_counter() - started, 3))
+
+
+# ---- shop-front page ------------------------------------------------------------------------
+WEB_DIR = Path(__file__).resolve().parent / "web"
+IMAGE_MEDIA_TYPES = {  # photos only: an SVG could run script in the API's origin
+    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+    ".gif": "image/gif", ".avif": "image/avif", ".bmp": "image/bmp",
+}
+IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {media: {} for media in sorted(set(IMAGE_MEDIA_TYPES.values()))},
+          "description": "The product's photo file"},
+    307: {"description": "The product's photo is an http(s) URL (generic catalogs): go there"},
+    404: {"model": ErrorBody},
+    503: {"model": ErrorBody},
+}
+
+
+def _add_page_routes(app: FastAPI, services: Services) -> None:
+    """The shop-front page at `/` (assets under `/static`), product photos and a shopper list
+    for its user picker; the page itself only calls the JSON endpoints above."""
+    app.mount("/static", StaticFiles(directory=WEB_DIR, check_dir=False), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        index = WEB_DIR / "index.html"
+        if not index.is_file():
+            raise HTTPException(503, detail=f"the shop-front page is not installed ({index} is "
+                                            "missing); the JSON API still serves, see /docs")
+        return FileResponse(index, media_type="text/html; charset=utf-8",
+                            headers={"Cache-Control": "no-cache"})
+
+    @app.get("/products/{product_id}/image", response_class=Response, responses=IMAGE_RESPONSES,
+             tags=["graph"])
+    def product_image(
+        product_id: Annotated[str, PathParam(description="Product id")],
+    ) -> Response:
+        """A product's photo: the file named by the product's own `image` property (never a
+        path from the request), or a 307 to it when it is an http(s) URL; 404 when the product
+        is unknown, has no photo, or its file is missing or not a photo."""
+        with services.reading() as store:
+            props = store.get_node(PRODUCT, product_id)
+        if props is None:
+            raise HTTPException(404, detail=f"no product with id {product_id!r}")
+        image = props.get("image")
+        if not isinstance(image, str) or not image.strip():
+            raise HTTPException(404, detail=f"product {product_id!r} has no image")
+        if "://" in image:
+            if urlsplit(image).scheme.lower() in ("http", "https"):
+                return RedirectResponse(image, status_code=307)
+            raise HTTPException(404, detail=f"product {product_id!r} has an image URL that is "
+                                            "not http(s)")
+        path = Path(image)
+        media_type = IMAGE_MEDIA_TYPES.get(path.suffix.lower())
+        if media_type is None:
+            raise HTTPException(404, detail=f"product {product_id!r}'s image is not a photo "
+                                            f"file ({', '.join(IMAGE_MEDIA_TYPES)})")
+        if not path.is_file():
+            raise HTTPException(404, detail=f"product {product_id!r}'s image file is missing")
+        return FileResponse(path, media_type=media_type,
+                            headers={"Cache-Control": "public, max-age=3600",
+                                     "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/users", response_model=UsersOut, responses=ERRORS, tags=["recommendations"])
+    def users(
+        response: Response,
+        limit: Annotated[int, Query(ge=1, le=1000, description="Most ids returned")] = 50,
+        prefix: Annotated[str | None, Query(
+            max_length=200, description="Only ids starting with this")] = None,
+    ) -> UsersOut:
+        """Shopper ids the loaded recommender knows (the shop front's user picker): the first
+        `limit`, optionally only those starting with `prefix`."""
+        loaded = services.require_recommender()
+        known = loaded.service.user_ids
+        total = len(known)  # live events may append meanwhile; a slice is still consistent
+        chosen = (list(islice((u for u in known[:total] if u.startswith(prefix)), limit))
+                  if prefix else known[:min(limit, total)])
+        response.headers[RECOMMENDER_HEADER] = loaded.version
+        return UsersOut(version=loaded.version, total=total, users=chosen)
 
 
 def _version() -> str:

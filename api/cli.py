@@ -260,9 +260,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serving = ", ".join(loaded) or ("nothing yet: run `shopgraph train`, then POST "
                                     "/admin/reload")
     print(f"shopgraph API on {base} (serving {serving})")
+    print(f"  shop page: {base}/")
     print(f"  API docs:  {base}/docs")
-    if any(getattr(route, "path", None) == "/" for route in app.routes):
-        print(f"  page:      {base}/")
     print(f"  readiness: {base}/ready")
     uvicorn.run(app, host=args.host, port=args.port)
     return 0

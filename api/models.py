@@ -141,6 +141,14 @@ class RelatedOut(BaseModel):
     items: list[RecommendationOut]
 
 
+class UsersOut(BaseModel):
+    """Some shopper ids the recommender knows, e.g. for a shop front's user picker."""
+
+    version: str = Field(description="Recommender version that answered")
+    total: int = Field(description="Shoppers the recommender knows (live ones included)")
+    users: list[str] = Field(description="Up to `limit` ids, in the recommender's order")
+
+
 EventKind = Literal["view", "cart", "purchase"]
 
 
