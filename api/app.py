@@ -41,7 +41,7 @@ from enum import StrEnum
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pandas as pd
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
@@ -686,8 +686,24 @@ def _read_image(upload: UploadFile, limit: int) -> Any:
 
 
 # ---- graph ----------------------------------------------------------------------------------
+def public_image(product_id: str, image: Any) -> str | None:
+    """What a client may see of a product's `image`: an http(s) URL as it is, a local file as
+    this API's `/products/{id}/image` URL (server paths never leave the server), else None."""
+    if not isinstance(image, str) or not image.strip():
+        return None
+    if "://" in image:
+        return image if urlsplit(image).scheme.lower() in ("http", "https") else None
+    return f"/products/{quote(product_id, safe='')}/image"
+
+
+def _public_props(label: str, node_id: str, props: dict[str, Any]) -> dict[str, Any]:
+    if label != PRODUCT or "image" not in props:
+        return props
+    return {**props, "image": public_image(node_id, props["image"])}
+
+
 def _node(label: str, node_id: str, props: dict[str, Any]) -> NodeOut:
-    return NodeOut(label=label, id=node_id, properties=props)
+    return NodeOut(label=label, id=node_id, properties=_public_props(label, node_id, props))
 
 
 def _relationship(n: Neighbour) -> RelationshipOut:
@@ -717,7 +733,7 @@ def _add_graph_routes(app: FastAPI, services: Services) -> None:
         for n in around:
             by_type.setdefault(n.via, []).append(_node(n.label, n.id, n.props))
         brands = by_type.get(MADE_BY.name, [])
-        return ProductOut(id=product_id, properties=props,
+        return ProductOut(id=product_id, properties=_public_props(PRODUCT, product_id, props),
                           brand=brands[0] if brands else None,
                           categories=by_type.get(IN_CATEGORY.name, []),
                           attributes=by_type.get(HAS_ATTRIBUTE.name, []))
@@ -754,6 +770,7 @@ def _add_graph_routes(app: FastAPI, services: Services) -> None:
 def _item(rec: Recommendation, reasons: bool) -> RecommendationOut:
     body = rec.to_dict()
     body["reasons"] = body["reasons"] if reasons else None
+    body["image"] = public_image(rec.id, body.get("image"))
     return RecommendationOut(**body)
 
 

@@ -120,7 +120,8 @@ class RecommendationOut(BaseModel):
     title: str | None = None
     brand: str | None = None
     category: str | None = Field(None, description='Category path, e.g. "Home > Kitchen"')
-    image: str | None = None
+    image: str | None = Field(None, description="The photo's URL: this API's "
+                                                "/products/{id}/image, or an http(s) URL")
     sources: list[str] = Field(
         default_factory=list, description="Sources behind the item: als, copurchase, gnn, "
                                           "kg_brand, kg_category, kg_attribute, popularity")

@@ -305,6 +305,9 @@ def test_product_details_from_the_graph(client, search) -> None:
     assert [c["id"] for c in body["categories"]] == [row["category"]]
     kinds = {a["properties"]["kind"]: a["properties"]["value"] for a in body["attributes"]}
     assert kinds["colour"] == row["colour"] and kinds["gender"] == row["gender"]
+    # the photo is this API's URL, never the server's file path
+    assert body["properties"]["image"] == f"/products/{product_id}/image"
+    assert client.get(body["properties"]["image"]).content == Path(row["image"]).read_bytes()
     missing = client.get("/products/no-such-product")
     assert missing.status_code == 404
     assert missing.json() == {"detail": "no product with id 'no-such-product'"}
