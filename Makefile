@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # demo: load Complete Journey, train the recommender, serve the HTTP API (Ctrl-C stops it).
-# Training skips the content vectors (search) and the GNN, whose epoch over Complete Journey
+# Training skips the content vectors (search is lexical: BM25 + graph, built in seconds) and
+# the GNN, whose epoch over Complete Journey
 # takes about 4 min on a CPU: measured on a shared 2-core machine, the load took 12 s and the
 # training (ALS, co-purchase, graph paths, popularity) 4 min 9 s, 1.4 GB peak memory.
 # `shopgraph train` without --no-gnn trains the full hybrid.

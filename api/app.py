@@ -607,9 +607,13 @@ UserParam = Annotated[str | None, Query(
 
 def _run_search(request: Request, services: Services, query: str | None, image: Any, k: int,
                 category: str | None, brand: str | None, user: str | None) -> SearchOut:
+    from recommender.content import NoVectorsError
+
     loaded = services.require_search()  # read once: a reload mid-request does not affect us
     try:
         result = loaded.search.search(query, image=image, k=k, category=category, brand=brand)
+    except NoVectorsError as exc:  # a lexical build: the server lacks vectors, not the request
+        raise HTTPException(503, detail=str(exc)) from exc
     except ValueError as exc:
         raise HTTPException(422, detail=str(exc)) from exc
     hits = result.hits

@@ -81,18 +81,31 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Content vectors and search indexes (if missing), then the hybrid recommender."""
+    """Content vectors and search indexes (if missing), then the hybrid recommender.
+
+    With --no-content no encoder runs: the search artifacts become a lexical build (BM25 +
+    graph, seconds), unless a full build is already there, which is kept as it is.
+    """
     from kg.export import export_graph
     from kg.workspace import default_workspace
-    from recommender.content import build_content, content_dir
+    from recommender.content import FULL, build_content, build_lexical, content_dir, content_mode
     from recommender.training import HybridConfig, train_recommender
 
     workspace = args.workspace or default_workspace()
     log = (lambda message: None) if args.quiet or args.json else print
     summary: dict = {}
     with _open(args) as store:
-        if not args.no_content and (args.rebuild_content
-                                    or not (content_dir(workspace) / "meta.json").is_file()):
+        existing = content_mode(workspace)
+        if args.no_content and existing == FULL:
+            summary["content"] = {"mode": FULL, "kept": True}
+            log(f"kept the full content artifacts in {content_dir(workspace)} (--no-content "
+                "builds lexical search only where there are no content vectors)")
+        elif args.no_content:
+            artifacts = build_lexical(store, workspace)
+            summary["content"] = artifacts.meta
+            if not args.json:
+                _print_content(artifacts.meta, content_dir(workspace))
+        elif args.rebuild_content or existing != FULL:
             artifacts = build_content(store, workspace, text_encoder=args.text_encoder,
                                       image_encoder=args.image_encoder,
                                       progress=not args.quiet)
@@ -121,6 +134,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_content(meta: dict, directory: Path) -> None:
+    from recommender.content import LEXICAL
+
+    if meta.get("mode") == LEXICAL:
+        print(f"lexical search artifacts for {meta['products']:,} products in {directory} "
+              f"({meta['seconds']} s; BM25 + graph; no vectors: run without --no-content for "
+              "dense text and photo search)")
+        return
     print(f"content artifacts for {meta['products']:,} products ({meta['with_image']:,} with "
           f"a photo) in {directory} ({meta['seconds']} s)")
     if meta["image_errors"]:
@@ -305,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--holdout", type=Path, default=None,
                        help="CSV of user_id,product_id interactions to leave out of training")
     train.add_argument("--no-content", action="store_true",
-                       help="skip content vectors and search indexes (recommender only)")
+                       help="no encoders: lexical search (BM25 + graph) in seconds instead of "
+                            "content vectors; a full content build already there is kept")
     train.add_argument("--rebuild-content", action="store_true",
                        help="rebuild content artifacts even when they exist")
     train.add_argument("--no-gnn", action="store_true", help="hybrid without the GNN source")

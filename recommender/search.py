@@ -8,6 +8,10 @@ that satisfy the query's concepts); every candidate is then scored by every sour
 scores are fused (`recommender.fusion`). An image query searches the joint space and also
 votes the article type of its nearest neighbours into a graph constraint, so it finds both
 visually similar and same-type products; a text+image query combines both.
+
+Over a lexical build (`recommender.content.build_lexical`, no vectors) only the BM25 and graph
+sources score, with the same query understanding, fusion and filters, and no encoder is ever
+loaded; an image query raises `NoVectorsError`.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recommender.content import ContentArtifacts, content_dir
-from recommender.fusion import fuse
+from recommender.content import NO_VECTORS_HINT, ContentArtifacts, NoVectorsError, content_dir
+from recommender.fusion import fuse, normalise
 from recommender.query import (
     Concept,
     ParsedQuery,
@@ -34,6 +38,7 @@ from recommender.query import (
 SOURCES = ("bm25", "text", "image", "graph")
 QUERY_CACHE_SIZE = 10_000
 DEFAULT_WEIGHTS = {"bm25": 0.5, "text": 1.0, "image": 0.3, "graph": 1.0}
+VECTOR_SOURCES = ("text", "image")  # what a lexical build cannot score
 
 
 @dataclass
@@ -88,8 +93,11 @@ class ProductSearch:
         self.bm25.index(bm25s.tokenize(artifacts.documents, stopwords="en",
                                        stemmer=self._stemmer, show_progress=False),
                         show_progress=False)
-        self.text_index = _index(self.ids, artifacts.text_vectors, self.catalog)
-        self.joint_index = _index(self.ids, artifacts.joint_vectors, self.catalog)
+        self.lexical = artifacts.lexical
+        self.text_index = self.joint_index = None
+        if artifacts.text_vectors is not None and artifacts.joint_vectors is not None:
+            self.text_index = _index(self.ids, artifacts.text_vectors, self.catalog)
+            self.joint_index = _index(self.ids, artifacts.joint_vectors, self.catalog)
         self._masks: dict[Concept, np.ndarray] = {}
         self._row_cache: dict[str, int] | None = None
         self._query_vectors: dict[str, np.ndarray] = {}
@@ -99,9 +107,10 @@ class ProductSearch:
         return cls(ContentArtifacts.load(content_dir(Path(workspace))), **kwargs)
 
     # ---- encoders (loaded on first use: a pure BM25/graph query needs neither) --------------
+    # Over a lexical build both are None: there are no vectors to compare an encoding with.
     @property
     def text_encoder(self) -> Any:
-        if self._text_encoder is None:
+        if self._text_encoder is None and not self.lexical:
             from encoders.text import load_text_encoder
 
             self._text_encoder = load_text_encoder(self.artifacts.meta.get("text_spec", "e5"))
@@ -109,7 +118,7 @@ class ProductSearch:
 
     @property
     def image_encoder(self) -> Any:
-        if self._image_encoder is None:
+        if self._image_encoder is None and not self.lexical:
             from encoders.image import load_image_encoder
 
             self._image_encoder = load_image_encoder(
@@ -155,6 +164,8 @@ class ProductSearch:
         unknown = set(sources) - set(SOURCES)
         if unknown:
             raise ValueError(f"unknown sources {sorted(unknown)}; expected some of {SOURCES}")
+        if self.lexical:
+            sources = self._lexical_sources(sources, image)
         n = len(self.ids)
         allowed = self._filter_mask(category, brand)
         filters = {k: v for k, v in (("category", category), ("brand", brand)) if v} or None
@@ -169,7 +180,9 @@ class ProductSearch:
                           "concepts": [[c.kind, c.value] for c in parsed.concepts]}
             if "bm25" in sources:
                 scores["bm25"] = self._bm25_scores(parsed.english)
-                candidates |= _top(scores["bm25"], self.candidates, allowed)
+                # lexically, a product sharing no word with the query is no candidate at all
+                candidates |= _top(scores["bm25"], self.candidates, allowed,
+                                   positive=self.lexical)
             if "text" in sources or "image" in sources:
                 q = self._encode_query(parsed.english)
                 if "text" in sources:
@@ -191,8 +204,11 @@ class ProductSearch:
                 understood["image_type"] = votes.value
         if "graph" in sources and groups:
             scores["graph"] = match_scores(self.catalog, groups, self._concept_mask)
-            candidates |= _top(scores["graph"] + 1e-3 * scores.get("text", np.zeros(n)),
-                               self.candidates, allowed, positive=True)
+            # among equal graph matches take the textually closest (dense, else BM25)
+            closest = scores["text"] if "text" in scores else normalise(
+                scores.get("bm25", np.zeros(n)))
+            candidates |= _top(scores["graph"] + 1e-3 * closest, self.candidates, allowed,
+                               positive=True)
         if not scores:
             raise ValueError("no source can score this query; enable more sources")
         if allowed is not None:
@@ -211,6 +227,19 @@ class ProductSearch:
             for j in order
         ]
         return SearchResult(query, hits, understood)
+
+    @staticmethod
+    def _lexical_sources(sources: tuple[str, ...], image: Any) -> tuple[str, ...]:
+        """The requested sources a lexical build can score; NoVectorsError when none can."""
+        if image is not None:
+            raise NoVectorsError("image search needs the content vectors, and this catalog "
+                                 f"has a lexical build (BM25 + graph) only: {NO_VECTORS_HINT}")
+        kept = tuple(s for s in sources if s not in VECTOR_SOURCES)
+        if not kept:
+            raise NoVectorsError(f"sources {sorted(sources)} need the content vectors, and this "
+                                 f"catalog has a lexical build (BM25 + graph) only: "
+                                 f"{NO_VECTORS_HINT}")
+        return kept
 
     def _encode_query(self, text: str) -> np.ndarray:
         """E5 query vector, remembered: shoppers repeat queries and encoding costs ~50 ms."""

@@ -287,7 +287,7 @@ def _content_features(workspace: Path, snapshot: GraphSnapshot) -> np.ndarray | 
         artifacts = ContentArtifacts.load(directory)
     except (FileNotFoundError, ValueError, KeyError):
         return None
-    if list(artifacts.ids) != list(snapshot.ids[PRODUCT]):
-        return None
+    if artifacts.lexical or list(artifacts.ids) != list(snapshot.ids[PRODUCT]):
+        return None  # a lexical (BM25 + graph) build has no vectors to feed the GNN
     return artifacts.content_vectors()
 
