@@ -101,6 +101,7 @@ MAX_IMAGE_PIXELS = 50_000_000  # refuse decompression bombs before decoding
 MAX_K = 100
 EVENT_LOCK_STRIPES = 64  # events of one user share a lock; bounded however many users come
 EVENT_JOURNAL = 100_000  # live events kept to replay onto a reloaded recommender
+EVENT_WRITERS = 16  # threads for POST /events, apart from the shared pool that reads run in
 PERSONAL_WEIGHT = 0.3  # most a user's taste moves a search hit, as a share of the score range
 RECOMMENDER_HEADER = "X-Recommender-Version"
 
@@ -845,13 +846,21 @@ def _add_recommendation_routes(app: FastAPI, services: Services) -> None:
         return RelatedOut(product=product_id, version=loaded.version,
                           items=[_item(r, True) for r in recs])
 
+    import anyio.to_thread
+
+    # Writes run on their own threads, not in the shared pool every read runs in: while the
+    # store is unreachable each write waits 30-60 s for the driver's retries to give up, and
+    # 40 such writes would otherwise hold every thread of the pool and stall all reads.
+    event_writers = anyio.CapacityLimiter(EVENT_WRITERS)
+
     @app.post("/events", response_model=EventOut, status_code=201, dependencies=[ApiKey],
               responses={**ERRORS, 401: {"model": ErrorBody}}, tags=["recommendations"])
-    def events(event: EventIn) -> EventOut:
+    async def events(event: EventIn) -> EventOut:
         """Record a view, cart or purchase: written to the graph store first (503 when it
         cannot be reached, and then nothing is recorded), then applied to the live
         recommender, so the shopper's next recommendations reflect it."""
-        return services.record_event(event)
+        return await anyio.to_thread.run_sync(services.record_event, event,
+                                              limiter=event_writers)
 
 
 # ---- operations -----------------------------------------------------------------------------
