@@ -47,8 +47,8 @@ def ours(kg_edges: bool, epochs: int) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from encoders.gnn import GraphRecommender
     from recommender.experiment import load_split
+    from recommender.gnn import GraphRecommender
     from recommender.history import history_matrix
 
     torch.set_num_threads(1)

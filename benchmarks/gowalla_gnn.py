@@ -65,7 +65,7 @@ def main() -> None:
                              "uniformly (LightGCN's reference sampler)")
     args = parser.parse_args()
 
-    from encoders.gnn import GraphRecommender
+    from recommender.gnn import GraphRecommender
 
     started = time.perf_counter()
     split = load_split("gowalla", args.data_dir)

@@ -51,7 +51,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def gowalla_gnn(directory: Path) -> dict:
     """The GPU-trained GNNs (fit, full) as fitted GraphRecommenders, plus their reports."""
-    from encoders.gnn import GraphRecommender
+    from recommender.gnn import GraphRecommender
 
     models, reports = [], {}
     for phase in ("fit", "full"):

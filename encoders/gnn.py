@@ -1,5 +1,11 @@
 """LightGCN over the user-product graph, optionally widened with the knowledge graph.
 
+Layering. This module is the model only (`LightGCNEncoder`: graph building, propagation,
+sampling, BPR training, embeddings of new products, saving the trained state); the
+`Recommender` over it (scoring, unseen users, validation by Recall@k, checkpoints) is
+`recommender.gnn.GraphRecommender`. Encoders never import the recommender layer: validation
+during training comes in as a callback.
+
 Model (He et al. 2020, LightGCN): every node has a learned id embedding (layer 0); a layer is
 one multiplication by the symmetrically normalised adjacency D^-1/2 A D^-1/2, with no weights
 and no non-linearity; the final embedding is the mean of layers 0..K. Scores are dot products
@@ -52,11 +58,11 @@ KG edges ~0.95 (was ~1.5 before these changes), full without ~0.53, neighbour (f
 
 Devices and seeds. device="auto" (the default) trains on CUDA when torch sees a GPU, else
 on the CPU; sampling, features and optimisers live on that device (negatives are drawn by
-numpy and moved once per epoch), and checkpoints hold CPU tensors that `load(...,
-device=...)` places anywhere (a GPU-trained one opens on a machine without a GPU). With a
-`seed`, numpy draws the pairs and the negatives and torch the initialisation and the
-neighbour samples, so two CPU fits give identical embeddings in both modes (on CUDA, atomic
-scatter-adds may change the last bits).
+numpy and moved once per epoch), and checkpoints hold CPU tensors that `load_state` (via
+`GraphRecommender.load(..., device=...)`) places anywhere (a GPU-trained one opens on a
+machine without a GPU). With a `seed`, numpy draws the pairs and the negatives and torch the
+initialisation and the neighbour samples, so two CPU fits give identical embeddings in both
+modes (on CUDA, atomic scatter-adds may change the last bits).
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -72,8 +78,6 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import scipy.sparse as sp
-
-from recommender.base import Recommender, as_user_rows, binarised, cosine_neighbours
 
 if TYPE_CHECKING:
     import torch
@@ -87,6 +91,15 @@ PAIR_MODES = ("interactions", "users")
 
 def _edge_name(edge_type: tuple[str, str, str]) -> str:
     return edge_type[1]
+
+
+def _binarised(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """The matrix's pattern with every stored value set to 1 (float32); the same as
+    `recommender.base.binarised`, repeated here because encoders never import recommender."""
+    out = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    out.eliminate_zeros()
+    out.data[:] = 1.0
+    return out
 
 
 def build_adjacency(
@@ -105,7 +118,7 @@ def build_adjacency(
     n_users, n_items = user_items.shape
     offsets: dict[str, tuple[int, int]] = {USER_TYPE: (0, n_users),
                                            PRODUCT_TYPE: (n_users, n_users + n_items)}
-    coo = binarised(user_items).tocoo()
+    coo = _binarised(user_items).tocoo()
     rows = [coo.row.astype(np.int64)]
     cols = [coo.col.astype(np.int64) + n_users]
     vals = [np.ones(coo.nnz, dtype=np.float32)]
@@ -504,16 +517,20 @@ class _RowAdam:
                                    alpha=-self.lr / (1 - beta1 ** self.steps))
 
 
-class GraphRecommender(Recommender):
-    """LightGCN with BPR; KG edges and product features are optional extras to `fit`."""
+class LightGCNEncoder:
+    """LightGCN trained with BPR: user and product embeddings from a binary users x products
+    CSR matrix, optionally widened with KG edges (`HeteroData`) and product features.
 
-    name = "lightgcn"
+    The model alone, with no ranking or evaluation, so that the encoders layer never imports
+    the recommender layer: `recommender.gnn.GraphRecommender` wraps it as a `Recommender`
+    (scoring, unseen users, checkpoints) and hands validation in as a callback to `fit`.
+    """
 
     def __init__(
         self, dim: int = 64, layers: int = 3, epochs: int = 50, batch_size: int = 2048,
         learning_rate: float = 1e-3, regularization: float = 1e-4, seed: int | None = 0,
         device: str = "auto", edge_weights: dict[str, float] | None = None,
-        eval_every: int = 5, patience: int = 3, eval_k: int = 20, init_std: float = 0.1,
+        eval_every: int = 5, patience: int = 3, init_std: float = 0.1,
         prune_kg_leaves: bool = True, num_threads: int | None = None, verbose: bool = False,
         sampling: str = "auto", fanout: int | Sequence[int] = 10,
         max_full_nnz: int = 5_000_000, chunk_rows: int = 1 << 16,
@@ -536,7 +553,7 @@ class GraphRecommender(Recommender):
         self.dim, self.layers, self.epochs, self.batch_size = dim, layers, epochs, batch_size
         self.learning_rate, self.regularization, self.seed = learning_rate, regularization, seed
         self.device, self.edge_weights = device, dict(edge_weights or {})
-        self.eval_every, self.patience, self.eval_k = eval_every, patience, eval_k
+        self.eval_every, self.patience = eval_every, patience
         self.init_std, self.num_threads, self.verbose = init_std, num_threads, verbose
         self.prune_kg_leaves = prune_kg_leaves
         self.sampling, self.max_full_nnz, self.chunk_rows = sampling, max_full_nnz, chunk_rows
@@ -549,13 +566,12 @@ class GraphRecommender(Recommender):
         self.best_epoch: int | None = None
         self.sampling_used: str | None = None  # "full" or "neighbour", set by fit
         self.max_batch_nodes = 0  # most nodes one training batch propagated over
+        self.n_users = self.n_items = 0
         self.offsets: dict[str, tuple[int, int]] = {}
         self.feature_dim = 0
         self.network: Any = None
         self.user_embeddings: np.ndarray | None = None
         self.item_embeddings: np.ndarray | None = None
-        self._fallback_user: np.ndarray | None = None
-        self._active_users = np.zeros(0, dtype=bool)
 
     # ---- configuration ---------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -565,7 +581,7 @@ class GraphRecommender(Recommender):
                 "regularization": self.regularization, "seed": self.seed,
                 "device": self.device, "edge_weights": self.edge_weights,
                 "eval_every": self.eval_every, "patience": self.patience,
-                "eval_k": self.eval_k, "init_std": self.init_std,
+                "init_std": self.init_std,
                 "prune_kg_leaves": self.prune_kg_leaves, "num_threads": self.num_threads,
                 "sampling": self.sampling,
                 "fanout": (self.fanout if isinstance(self.fanout, int) else list(self.fanout)),
@@ -594,25 +610,30 @@ class GraphRecommender(Recommender):
     # ---- training --------------------------------------------------------------------------
     def fit(
         self, user_items: sp.csr_matrix, graph: HeteroData | None = None,
-        product_features: np.ndarray | None = None, valid: sp.csr_matrix | None = None,
+        product_features: np.ndarray | None = None,
+        validate: Callable[[np.ndarray, np.ndarray], float] | None = None,
+        metric: str = "validation",
     ) -> Self:
         """Train on `user_items` (+ KG edges of `graph`, + `product_features`).
 
-        With `valid` (same shape), Recall@`eval_k` is measured every `eval_every` epochs
-        (training items excluded) and the best epoch's parameters are kept; training stops
-        after `patience` evaluations without improvement.
+        `user_items` is a users x products CSR matrix, binarised by the caller. Afterwards
+        `user_embeddings` and `item_embeddings` hold the final embeddings. With `validate`,
+        every `eval_every` epochs (and after the last) the final embeddings are computed and
+        `validate(user_embeddings, item_embeddings)` returns a score to maximise, recorded in
+        `history` under `metric`; the best epoch's parameters are kept and training stops
+        after `patience` evaluations without improvement. The caller supplies the measure
+        (the recommender layer's Recall@k), so this layer holds no evaluation code.
         """
         import torch
 
-        matrix = binarised(self._fitted_on(user_items))
-        if valid is not None and sp.csr_matrix(valid).shape != matrix.shape:
-            raise ValueError(f"valid has shape {valid.shape}, user_items {matrix.shape}")
+        matrix = sp.csr_matrix(user_items)
+        self.n_users, self.n_items = matrix.shape
         features = self._check_features(product_features)
         threads = torch.get_num_threads()
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         try:
-            self._train(matrix, graph, features, valid)
+            self._train(matrix, graph, features, validate, metric)
         finally:
             torch.set_num_threads(threads)
         return self
@@ -629,7 +650,9 @@ class GraphRecommender(Recommender):
         return features
 
     def _train(self, matrix: sp.csr_matrix, graph: HeteroData | None,
-               features: np.ndarray | None, valid: sp.csr_matrix | None) -> None:
+               features: np.ndarray | None,
+               validate: Callable[[np.ndarray, np.ndarray], float] | None,
+               metric: str) -> None:
         import torch
 
         device = self._torch_device()
@@ -712,15 +735,13 @@ class GraphRecommender(Recommender):
             if self.verbose:
                 print(f"epoch {epoch}: loss {float(total) / max(len(users), 1):.4f} "
                       f"({self.epoch_seconds[-1]:.2f} s)")
-            if valid is None or (epoch % self.eval_every and epoch != self.epochs):
+            if validate is None or (epoch % self.eval_every and epoch != self.epochs):
                 continue
-            self._freeze(csr, feats, matrix)
-            from recommender.evaluation import evaluate
-
-            recall = evaluate(self, matrix, valid, k=self.eval_k)[f"recall@{self.eval_k}"]
-            self.history.append({"epoch": epoch, f"recall@{self.eval_k}": recall})
-            if recall > best:
-                best, stale, self.best_epoch = recall, 0, epoch
+            self._freeze(csr, feats)
+            value = float(validate(self.user_embeddings, self.item_embeddings))
+            self.history.append({"epoch": epoch, metric: value})
+            if value > best:
+                best, stale, self.best_epoch = value, 0, epoch
                 best_state = {k: v.detach().clone() for k, v in
                               self.network.state_dict().items()}
             else:
@@ -729,7 +750,7 @@ class GraphRecommender(Recommender):
                     break
         if best_state is not None:
             self.network.load_state_dict(best_state)
-        self._freeze(csr, feats, matrix)
+        self._freeze(csr, feats)
 
     def _full_loss(self, batch: torch.Tensor, features: torch.Tensor | None,
                    plan: Propagation) -> torch.Tensor:
@@ -840,7 +861,7 @@ class GraphRecommender(Recommender):
         return total.mul_(1.0 / (self.layers + 1))
 
     def _freeze(self, csr: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                features: torch.Tensor | None, matrix: sp.csr_matrix) -> None:
+                features: torch.Tensor | None) -> None:
         """Compute final user/product embeddings once, as numpy, for scoring."""
         import torch
 
@@ -850,65 +871,8 @@ class GraphRecommender(Recommender):
         self.user_embeddings = final[: self.n_users].copy()
         lo, hi = self.offsets[PRODUCT_TYPE]
         self.item_embeddings = final[lo:hi].copy()
-        self._set_active(np.diff(matrix.indptr) > 0)
 
-    def _set_active(self, active: np.ndarray) -> None:
-        """Which users trained with interactions; the others score as their history's mean
-        product, or without history as the mean trained user."""
-        self._active_users = np.asarray(active, dtype=bool)
-        self._fallback_user = (self.user_embeddings[self._active_users].mean(0)
-                               if self._active_users.any()
-                               else np.zeros(self.dim, dtype=np.float32))
-
-    @classmethod
-    def from_embeddings(cls, user_embeddings: np.ndarray, item_embeddings: np.ndarray,
-                        active_users: np.ndarray, **config: Any) -> GraphRecommender:
-        """A scoring-only model from final embeddings trained elsewhere (e.g. on a GPU
-        machine by `benchmarks/gowalla_gnn.py`); it cannot be refitted or saved."""
-        users = np.asarray(user_embeddings, dtype=np.float32)
-        items = np.asarray(item_embeddings, dtype=np.float32)
-        if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
-            raise ValueError(f"embeddings must be 2-D with one width: users {users.shape}, "
-                             f"items {items.shape}")
-        if len(active_users) != len(users):
-            raise ValueError(f"active_users has {len(active_users)} rows for {len(users)} "
-                             "users")
-        model = cls(**{**config, "dim": users.shape[1]})
-        model.user_embeddings, model.item_embeddings = users, items
-        model.n_users, model.n_items = len(users), len(items)
-        model._set_active(active_users)
-        return model
-
-    # ---- scoring ---------------------------------------------------------------------------
-    def score(self, user_rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
-        """Dot products of final embeddings (see `user_vectors` for unseen users)."""
-        return self.user_vectors(user_rows, user_items) @ self.item_embeddings.T
-
-    def user_vectors(self, user_rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
-        """Final user embeddings, the query side of a k-NN search over `item_embeddings`.
-
-        A user unseen in training (or trained without interactions) gets the mean final
-        embedding of the products in the history passed in, or, without history, the mean
-        trained user (a learned popularity).
-        """
-        self._check_fitted()
-        rows = as_user_rows(user_rows)
-        users = np.empty((len(rows), self.dim), dtype=np.float32)
-        known = rows < self.n_users
-        known[known] = self._active_users[rows[known]]
-        users[known] = self.user_embeddings[rows[known]]
-        histories = sp.csr_matrix(user_items)
-        for slot in np.flatnonzero(~known):
-            history = histories[slot].indices
-            users[slot] = (self.item_embeddings[history].mean(0) if len(history)
-                           else self._fallback_user)
-        return users
-
-    def similar_items(self, item: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine over the final product embeddings."""
-        self._check_fitted()
-        return cosine_neighbours(self.item_embeddings, item, k)
-
+    # ---- new products ----------------------------------------------------------------------
     def embed_new_products(self, features: np.ndarray) -> np.ndarray:
         """Final embeddings for products added after training, from their features alone.
 
@@ -917,7 +881,8 @@ class GraphRecommender(Recommender):
         """
         import torch
 
-        self._check_fitted()
+        if self.item_embeddings is None:
+            raise RuntimeError("the encoder is not fitted: call fit first")
         if self.network is None or self.network.projection is None:
             raise RuntimeError("the model was fitted without product_features")
         features = np.asarray(features, dtype=np.float32).reshape(-1, self.feature_dim)
@@ -927,15 +892,22 @@ class GraphRecommender(Recommender):
         return (projected.cpu().numpy() / (self.layers + 1)).astype(np.float32)
 
     # ---- persistence -----------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, config: dict[str, Any] | None = None,
+             extra: dict[str, np.ndarray] | None = None) -> Path:
         """Write `config.json` (hyper-parameters, shapes, node ranges) and `state.pt`
-        (parameters and final embeddings, plain tensors: loadable with weights_only)."""
+        (parameters and final embeddings, plain tensors: loadable with weights_only).
+
+        `config` replaces `self.config()` in the file (a wrapper's, which adds its own
+        settings); `extra` arrays are stored in `state.pt` after the embeddings and come back
+        from `load_state`."""
         import torch
 
-        self._check_fitted()
+        if self.network is None:
+            raise RuntimeError("only a trained encoder (one with parameters) can be saved")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"config": self.config(), "n_users": self.n_users, "n_items": self.n_items,
+        meta = {"config": self.config() if config is None else config,
+                "n_users": self.n_users, "n_items": self.n_items,
                 "feature_dim": self.feature_dim, "offsets": self.offsets,
                 "epoch_seconds": self.epoch_seconds, "history": self.history,
                 "best_epoch": self.best_epoch, "sampling_used": self.sampling_used,
@@ -945,38 +917,38 @@ class GraphRecommender(Recommender):
                  self.network.state_dict().items()}
         state["user_embeddings"] = torch.as_tensor(self.user_embeddings)
         state["item_embeddings"] = torch.as_tensor(self.item_embeddings)
-        state["active_users"] = torch.as_tensor(self._active_users)
+        for key, value in (extra or {}).items():
+            if key in state or key.startswith("network."):
+                raise ValueError(f"extra array {key!r} would overwrite the encoder's own")
+            state[key] = torch.as_tensor(value)
         torch.save(state, directory / STATE_FILE)
         return directory
 
-    @classmethod
-    def load(cls, directory: str | Path, device: str | None = None) -> GraphRecommender:
-        """A fitted model from `save`'s directory: scores without the training graph."""
+    def load_state(self, directory: str | Path) -> dict[str, np.ndarray]:
+        """Restore `save`'s trained parameters, embeddings and training record into this
+        encoder (built with the saved hyper-parameters), on its device (CPU where CUDA is
+        asked for but absent); returns the `extra` arrays saved beside them."""
         import torch
 
         directory = Path(directory)
         meta = json.loads((directory / CONFIG_FILE).read_text())
-        config = dict(meta["config"])
-        if device is not None:
-            config["device"] = device
-        model = cls(**config)
-        model.n_users, model.n_items = meta["n_users"], meta["n_items"]
-        model.feature_dim = meta["feature_dim"]
-        model.offsets = {k: tuple(v) for k, v in meta["offsets"].items()}
-        model.epoch_seconds, model.history = meta["epoch_seconds"], meta["history"]
-        model.best_epoch = meta["best_epoch"]
-        model.sampling_used = meta.get("sampling_used", "full")
-        model.max_batch_nodes = meta.get("max_batch_nodes", 0)
+        self.n_users, self.n_items = meta["n_users"], meta["n_items"]
+        self.feature_dim = meta["feature_dim"]
+        self.offsets = {k: tuple(v) for k, v in meta["offsets"].items()}
+        self.epoch_seconds, self.history = meta["epoch_seconds"], meta["history"]
+        self.best_epoch = meta["best_epoch"]
+        self.sampling_used = meta.get("sampling_used", "full")
+        self.max_batch_nodes = meta.get("max_batch_nodes", 0)
         state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
-        n_nodes = max(end for _, end in model.offsets.values())
-        model.network = _network(n_nodes, model.dim, model.feature_dim, model.init_std)
-        model.network.load_state_dict({k.removeprefix("network."): v for k, v in
-                                       state.items() if k.startswith("network.")})
-        target = model._torch_device()
+        n_nodes = max(end for _, end in self.offsets.values())
+        self.network = _network(n_nodes, self.dim, self.feature_dim, self.init_std)
+        self.network.load_state_dict({k.removeprefix("network."): v for k, v in
+                                      state.items() if k.startswith("network.")})
+        target = self._torch_device()
         if target.type == "cuda" and not torch.cuda.is_available():
             target = torch.device("cpu")  # a GPU-trained checkpoint opened without a GPU
-        model.network.to(target)
-        model.user_embeddings = state["user_embeddings"].numpy()
-        model.item_embeddings = state["item_embeddings"].numpy()
-        model._set_active(state["active_users"].numpy())
-        return model
+        self.network.to(target)
+        self.user_embeddings = state["user_embeddings"].numpy()
+        self.item_embeddings = state["item_embeddings"].numpy()
+        return {k: v.numpy() for k, v in state.items() if not k.startswith("network.")
+                and k not in ("user_embeddings", "item_embeddings")}

@@ -49,9 +49,9 @@ META_FILE = "hybrid.json"
 
 def _source_types() -> dict[str, type[Recommender]]:
     """Classes a saved hybrid may contain, by name (imported lazily: the GNN needs torch)."""
-    from encoders.gnn import GraphRecommender
     from recommender.als import ALSRecommender
     from recommender.baselines import BPRMF
+    from recommender.gnn import GraphRecommender
 
     return {cls.__name__: cls for cls in (ALSRecommender, GraphRecommender, ItemKNN,
                                            Popularity, GraphPathRecommender, BPRMF)}

@@ -133,7 +133,7 @@ def build_sources(config: HybridConfig, snapshot: GraphSnapshot | None,
     }
     options: dict[str, dict[str, Any]] = {}
     if config.gnn is not None:
-        from encoders.gnn import GraphRecommender
+        from recommender.gnn import GraphRecommender
 
         sources["gnn"] = GraphRecommender(num_threads=config.threads, **config.gnn)
         graph = (snapshot.to_hetero_data() if snapshot is not None and config.gnn_kg_edges

@@ -17,9 +17,10 @@ import scipy.sparse as sp
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_geometric")
 
-from encoders.gnn import GraphRecommender, NeighbourSampler, build_adjacency  # noqa: E402
+from encoders.gnn import LightGCNEncoder, NeighbourSampler, build_adjacency  # noqa: E402
 from recommender.base import Recommender  # noqa: E402
 from recommender.evaluation import evaluate  # noqa: E402
+from recommender.gnn import GraphRecommender  # noqa: E402
 from tests.test_recommenders import (  # noqa: E402
     N_ITEMS,
     N_USERS,
@@ -367,10 +368,10 @@ def test_chunked_inference_matches_one_block() -> None:
 
 def test_device_auto_and_cpu_load_of_a_gpu_checkpoint(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     assert GraphRecommender().device == "auto"
-    assert fast(device="auto")._torch_device().type == (
+    assert fast(device="auto").encoder._torch_device().type == (
         "cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert fast(device="auto")._torch_device().type == "cuda"
+    assert fast(device="auto").encoder._torch_device().type == "cuda"
     monkeypatch.undo()
     train, _, _ = planted()
     model = fast(epochs=1).fit(train)
@@ -426,7 +427,7 @@ def test_user_uniform_pairs_weigh_every_user_alike() -> None:
     light = np.zeros((2, 100), dtype=np.float32)
     light[0, 7] = 1.0  # user 1 has one product, user 2 none
     matrix = sp.csr_matrix(np.vstack([heavy, light]))
-    users, items = GraphRecommender._user_pairs(matrix, 4000, np.random.default_rng(0))
+    users, items = LightGCNEncoder._user_pairs(matrix, 4000, np.random.default_rng(0))
     assert len(users) == len(items) == 4000
     assert set(users) == {0, 1} and abs(np.mean(users == 1) - 0.5) < 0.05
     assert (items[users == 1] == 7).all() and len(set(items[users == 0])) > 90

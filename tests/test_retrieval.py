@@ -7,8 +7,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from encoders.gnn import GraphRecommender
 from recommender.base import top_k
+from recommender.gnn import GraphRecommender
 from recommender.hybrid import HybridRecommender
 from recommender.retrieval import EmbeddingRetriever
 from tests.test_recommenders import RecommenderConformance, planted
