@@ -218,15 +218,22 @@ class GraphPathRecommender(Recommender):
     def explain(self, history: np.ndarray, item: int) -> tuple[int, int] | None:
         """(node column, history product) behind `item`'s score: the rarest shared node."""
         self._check_fitted()
-        incidence = self.links.incidence
-        nodes = incidence[item].indices
+        # straight on the CSR arrays: sparse fancy indexing cost ~1 ms per call, and serving
+        # explains every item it shows
+        indptr, indices = self.links.incidence.indptr, self.links.incidence.indices
+        nodes = indices[indptr[item]:indptr[item + 1]]
+        history = np.asarray(history, dtype=np.int64)
         if not len(nodes) or not len(history):
             return None
-        shared = incidence[history][:, nodes]  # history x item's nodes
-        counts = np.asarray(shared.sum(axis=0)).ravel()
-        weights = np.where(counts > 0, self.node_weights[nodes], -np.inf)
+        # the history's nodes, concatenated, and which history position each came from
+        starts, lengths = indptr[history], np.diff(indptr)[history]
+        shift = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        held = indices[shift + np.arange(lengths.sum())]
+        owner = np.repeat(np.arange(len(history)), lengths)
+        weights = np.where(np.isin(nodes, held), self.node_weights[nodes], -np.inf)
         best = int(np.argmax(weights))
         if not np.isfinite(weights[best]) or weights[best] <= 0:
             return None
-        holder = history[shared[:, best].nonzero()[0][0]]
-        return int(nodes[best]), int(holder)
+        node = nodes[best]
+        holder = history[owner[held == node][0]]  # the first history product linked to it
+        return int(node), int(holder)

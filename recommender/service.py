@@ -37,6 +37,7 @@ from recommender.training import current_version
 
 MIN_HISTORY = 3
 POOL = 200  # candidates re-ranked by MMR and filtered per request
+DETAILS = ("title", "brand", "category", "image")  # what a Recommendation shows of a product
 
 
 @dataclass
@@ -85,6 +86,10 @@ class RecommendationService:
         self._available = self._availability()
         self._categories = self._column("category")
         self._brands = self._column("brand")
+        # read per request: plain lists and lower-cased Series, built once, not per call
+        self._details = {name: self._optional_column(name) for name in DETAILS}
+        self._categories_lower = pd.Series(self._categories, dtype=str).str.lower()
+        self._brands_lower = pd.Series(self._brands, dtype=str).str.lower().to_numpy()
         self._by_user = {int(u): g for u, g in self.history.groupby("user", sort=False)}
 
     @classmethod
@@ -104,6 +109,13 @@ class RecommendationService:
         if name not in self.catalog:
             return np.full(len(self.product_ids), "", dtype=object)
         return self.catalog[name].astype(object).where(self.catalog[name].notna(), "").to_numpy()
+
+    def _optional_column(self, name: str) -> list[str | None]:
+        """`name` per product as str, None where missing or empty (or the column absent)."""
+        if name not in self.catalog:
+            return [None] * len(self.product_ids)
+        return [None if pd.isna(cell) or cell == "" else str(cell)
+                for cell in self.catalog[name].tolist()]
 
     def _availability(self) -> np.ndarray:
         """False for products flagged out of stock or no longer in the catalog."""
@@ -191,16 +203,15 @@ class RecommendationService:
                 exclude_categories: tuple[str, ...], exclude_brands: tuple[str, ...]
                 ) -> np.ndarray:
         allowed = self._available.copy()
-        categories = pd.Series(self._categories, dtype=str).str.lower()
-        brands = pd.Series(self._brands, dtype=str).str.lower()
+        categories, brands = self._categories_lower, self._brands_lower
         if category:
             allowed &= categories.str.startswith(category.strip().lower()).to_numpy()
         if brand:
-            allowed &= (brands == brand.strip().lower()).to_numpy()
+            allowed &= brands == brand.strip().lower()
         for value in exclude_categories:
             allowed &= ~categories.str.startswith(value.strip().lower()).to_numpy()
         for value in exclude_brands:
-            allowed &= ~(brands == value.strip().lower()).to_numpy()
+            allowed &= ~(brands == value.strip().lower())
         return allowed
 
     def _cold_start(self, history: sp.csr_matrix, allowed: np.ndarray, k: int
@@ -319,18 +330,11 @@ class RecommendationService:
 
     # ---- rendering -------------------------------------------------------------------------
     def _title(self, item: int) -> str:
-        title = self.catalog["title"].iloc[item] if "title" in self.catalog else None
-        return str(title) if isinstance(title, str) and title else self.product_ids[item]
+        return self._details["title"][item] or self.product_ids[item]
 
     def _describe(self, item: int, score: float) -> Recommendation:
-        def value(column: str) -> str | None:
-            if column not in self.catalog:
-                return None
-            cell = self.catalog[column].iloc[item]
-            return None if pd.isna(cell) or cell == "" else str(cell)
-
-        return Recommendation(self.product_ids[item], score, value("title"), value("brand"),
-                              value("category"), value("image"))
+        return Recommendation(self.product_ids[item], score,
+                              *(self._details[name][item] for name in DETAILS))
 
     def render(self, reason: Reason, item: int) -> str:
         """A reason as a sentence a shopper (or merchant) can read."""
