@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 CATEGORY_KIND = "category"
-MAX_WORDS = 4
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,9 @@ class QueryUnderstanding:
     def __init__(self, english: dict[tuple[str, ...], set[Concept]],
                  chinese: dict[str, set[Concept]]) -> None:
         self._english = english
+        # the longest name known, so a long rendered name ("RICE - DRY BAG AND BOX") still
+        # matches whole rather than as its first words ("DRY")
+        self._max_words = max(map(len, english), default=1)
         self._chinese_names = sorted(chinese, key=lambda name: (-len(name), name))
         self._chinese_lookup = chinese
 
@@ -122,7 +124,7 @@ class QueryUnderstanding:
         words = [(m.group(0), _stem(m.group(0))) for m in _WORD.finditer(rendered)]
         i = 0
         while i < len(words):
-            for n in range(min(MAX_WORDS, len(words) - i), 0, -1):
+            for n in range(min(self._max_words, len(words) - i), 0, -1):
                 key = tuple(stem for _, stem in words[i:i + n])
                 if key in self._english:
                     group = sorted(self._english[key], key=_order)

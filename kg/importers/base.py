@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from kg.lexicons import load_lexicon
 from kg.schema import (
     ATTRIBUTE,
     CATEGORY,
@@ -93,3 +95,33 @@ def add_attributes(batch: GraphBatch, product_ids: pd.Series, kind: str, values:
         {"id": nodes["target"], "kind": kind, "value": nodes["value"]}))
     batch.add_rels(HAS_ATTRIBUTE, links[["source", "target"]])
     return len(links)
+
+
+def add_chinese_names(batch: GraphBatch, lexicon: str, category_levels: Sequence[str],
+                      attribute_kinds: Collection[str]) -> int:
+    """Copy the bilingual lexicon `kg/lexicons/<lexicon>.tsv` onto the batch's nodes.
+
+    A row whose kind is an attribute kind names the Attribute node `kind=value`; one whose kind
+    is `category_levels[d]` names every level-`d` Category called `value` (whatever its parent).
+    Nodes get `name_zh` and `names_zh`; rows naming nothing in the batch are skipped, and a kind
+    that is neither raises DataError. Call after the categories and attributes are added.
+    Returns how many nodes were named.
+    """
+    table = load_lexicon(lexicon, kinds={*category_levels, *attribute_kinds})
+    names = ["name_zh", "names_zh"]
+    attributes = table[table["kind"].isin(list(attribute_kinds))]
+    attributes = attributes.assign(id=attributes["kind"] + "=" + attributes["value"])
+    attributes = attributes[attributes["id"].isin(batch.node_frame(ATTRIBUTE)["id"])]
+    if len(attributes):
+        batch.add_nodes(ATTRIBUTE, attributes[["id", *names]])
+    levels = {kind: depth for depth, kind in enumerate(category_levels)}
+    by_level = table[table["kind"].isin(levels)]
+    by_level = by_level.assign(level=by_level["kind"].map(levels))
+    categories = batch.node_frame(CATEGORY)
+    named = pd.DataFrame(columns=["id", *names])
+    if {"name", "level"} <= set(categories.columns):
+        named = categories[["id", "name", "level"]].merge(
+            by_level, left_on=["name", "level"], right_on=["value", "level"])
+    if len(named):
+        batch.add_nodes(CATEGORY, named[["id", *names]])
+    return len(attributes) + len(named)

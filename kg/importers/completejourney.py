@@ -5,6 +5,8 @@ quality claims. Mapping (see docs/datasets.md):
 - product -> Product (title from type/category/department and package size),
   manufacturer -> Brand, department > product_category > product_type -> Category tree,
   brand type (National/Private) and package size -> Attributes;
+- Chinese names (`name_zh`, `names_zh`) for brand types, departments, product categories and
+  the common product types, from `kg/lexicons/completejourney_zh.tsv`;
 - household -> User (demographics as properties for the 801 households that have them);
 - transactions -> one INTERACTED {kind: purchase} per (household, product): `count` = rows,
   `quantity` and `sales_value` summed, `ts` = last purchase (unix seconds), `weight` = count.
@@ -20,12 +22,14 @@ from kg.importers.base import (
     ImportResult,
     add_attributes,
     add_category_tree,
+    add_chinese_names,
     require_columns,
     require_file,
 )
 from kg.schema import BRAND, INTERACTED, MADE_BY, PRODUCT, USER, DataError, GraphBatch
 
 TREE = ("department", "product_category", "product_type")
+LEXICON = "completejourney_zh"  # Chinese names; its kinds are the TREE levels and "brand_type"
 PRODUCT_COLUMNS = ["product_id", "manufacturer_id", *TREE, "brand", "package_size"]
 TRANSACTION_COLUMNS = ["household_id", "product_id", "quantity", "sales_value",
                        "transaction_timestamp"]
@@ -87,6 +91,7 @@ def build(data_dir: Path | None = None, progress: bool = False) -> ImportResult:
     add_category_tree(batch, pid, [products[column] for column in TREE])
     add_attributes(batch, pid, "brand_type", products["brand"])
     add_attributes(batch, pid, "package_size", products["package_size"])
+    result.stats["chinese_names"] = add_chinese_names(batch, LEXICON, TREE, ("brand_type",))
 
     # products bought but missing from the product table still need a node for their edges
     unknown = sorted(set(transactions["product_id"].astype(str)) - set(pid))

@@ -20,15 +20,14 @@ from kg.importers.base import (
     ImportResult,
     add_attributes,
     add_category_tree,
+    add_chinese_names,
     require_columns,
     require_file,
     shared_data_dir,
 )
-from kg.lexicons import load_lexicon
 from kg.schema import (
     ATTRIBUTE,
     BRAND,
-    CATEGORY,
     MADE_BY,
     PRODUCT,
     DataError,
@@ -191,23 +190,6 @@ def _image_ids(images_dir: Path) -> set[str]:
     return {name[:-4] for name in os.listdir(images_dir) if name.endswith(".jpg")}
 
 
-def _chinese_names(batch: GraphBatch) -> int:
-    """Copy the bilingual lexicon onto Attribute and Category nodes (`name_zh`, `names_zh`)."""
-    lexicon = load_lexicon("fashion_zh")
-    names = lexicon[["name_zh", "names_zh"]]
-    attributes = lexicon.assign(id=lexicon["kind"] + "=" + lexicon["value"])
-    known = batch.node_frame(ATTRIBUTE)["id"]
-    attributes = attributes[attributes["id"].isin(known)]
-    batch.add_nodes(ATTRIBUTE, attributes[["id", *names.columns]])
-    categories = batch.node_frame(CATEGORY)[["id", "name", "level"]]
-    levels = {kind: level for level, kind in enumerate(CATEGORY_LEVELS)}
-    by_level = lexicon[lexicon["kind"].isin(levels)].assign(
-        level=lambda f: f["kind"].map(levels))
-    named = categories.merge(by_level, left_on=["name", "level"], right_on=["value", "level"])
-    batch.add_nodes(CATEGORY, named[["id", *names.columns]])
-    return len(attributes) + len(named)
-
-
 def build(data_dir: Path | None = None, progress: bool = False) -> ImportResult:
     """Read styles.csv (and the image folder) into a batch of products, categories,
     attributes and brands; raises DataError (file, line, field) on input it cannot use."""
@@ -232,7 +214,8 @@ def build(data_dir: Path | None = None, progress: bool = False) -> ImportResult:
     levels = [frame[c].where(~frame[c].isin(MISSING_VALUES)) for c in CATEGORY_LEVELS]
     stats["categories"] = add_category_tree(batch, frame["id"], levels)
     stats.update(_attributes(frame, years, batch))
-    stats["chinese_names"] = _chinese_names(batch)
+    stats["chinese_names"] = add_chinese_names(batch, "fashion_zh", CATEGORY_LEVELS,
+                                               ATTRIBUTE_COLUMNS)
     stats.update(_brands(frame, batch))
 
     notes = []
