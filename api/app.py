@@ -48,6 +48,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFi
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 
 from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
@@ -642,10 +643,10 @@ def _add_search_routes(app: FastAPI, services: Services) -> None:
         category: Annotated[str | None, Query(description='e.g. "Footwear"')] = None,
         brand: Annotated[str | None, Query(description="Brand name")] = None,
         user: UserParam = None,
-    ) -> SearchOut:
+    ) -> Response:
         """Text search: the query is mapped onto graph concepts, then BM25, dense text,
         joint-space and graph-match scores are fused."""
-        return _run_search(request, services, q, None, k, category, brand, user)
+        return _json(_run_search(request, services, q, None, k, category, brand, user))
 
     @app.post("/search/image", response_model=SearchOut, responses=ERRORS, tags=["search"])
     def search_image(
@@ -656,11 +657,11 @@ def _add_search_routes(app: FastAPI, services: Services) -> None:
         category: Annotated[str | None, Form(description='e.g. "Footwear"')] = None,
         brand: Annotated[str | None, Form(description="Brand name")] = None,
         user: UserParam = None,
-    ) -> SearchOut:
+    ) -> Response:
         """Image search, optionally with words: finds visually similar and same-type products."""
         picture = _read_image(image, request.app.state.max_upload_bytes)
-        return _run_search(request, services, (q or "").strip() or None, picture, k,
-                           category, brand, user)
+        return _json(_run_search(request, services, (q or "").strip() or None, picture, k,
+                                 category, brand, user))
 
 
 def _read_image(upload: UploadFile, limit: int) -> Any:
@@ -772,6 +773,14 @@ def _add_graph_routes(app: FastAPI, services: Services) -> None:
 
 
 # ---- recommendations and events -------------------------------------------------------------
+def _json(body: BaseModel, headers: dict[str, str] | None = None) -> Response:
+    """`body` serialised once, by pydantic. Returning the model instead makes FastAPI validate
+    it again against `response_model` and encode it through Python dicts: about 1 ms more per
+    10-item answer on the dev machine, a quarter of a recommendation's time. The route keeps
+    `response_model` for the OpenAPI schema."""
+    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+
+
 def _item(rec: Recommendation, reasons: bool) -> RecommendationOut:
     body = rec.to_dict()
     body["reasons"] = body["reasons"] if reasons else None
@@ -785,7 +794,6 @@ def _add_recommendation_routes(app: FastAPI, services: Services) -> None:
     @app.get("/users/{user_id}/recommendations", response_model=RecommendationsOut,
              responses=ERRORS, tags=["recommendations"])
     def recommendations(
-        response: Response,
         user_id: Annotated[str, PathParam(description="Shopper id")],
         k: KParam = 10,
         category: Annotated[str | None, Query(
@@ -798,7 +806,7 @@ def _add_recommendation_routes(app: FastAPI, services: Services) -> None:
         diversity: Annotated[float, Query(
             ge=0.0, le=1.0, description="0 = pure relevance .. 1 = most diverse (MMR)")] = 0.0,
         explain: Annotated[bool, Query(description="Add readable reasons per item")] = False,
-    ) -> RecommendationsOut:
+    ) -> Response:
         """Personalised products for a shopper: unseen, in stock, filtered, with reasons on
         request. A shopper with a short history gets popular products of the categories they
         touched; events posted to /events count at once."""
@@ -822,17 +830,16 @@ def _add_recommendation_routes(app: FastAPI, services: Services) -> None:
                 recs = ask()
         except ValueError as exc:
             raise HTTPException(422, detail=str(exc)) from exc
-        response.headers[RECOMMENDER_HEADER] = loaded.version
-        return RecommendationsOut(user=user_id, version=loaded.version,
-                                  items=[_item(r, explain) for r in recs])
+        return _json(RecommendationsOut(user=user_id, version=loaded.version,
+                                        items=[_item(r, explain) for r in recs]),
+                     {RECOMMENDER_HEADER: loaded.version})
 
     @app.get("/products/{product_id}/related", response_model=RelatedOut, responses=ERRORS,
              tags=["recommendations"])
     def related(
-        response: Response,
         product_id: Annotated[str, PathParam(description="Product id")],
         k: KParam = 10,
-    ) -> RelatedOut:
+    ) -> Response:
         """Products related to one product (co-purchase, GNN, ALS, graph paths), with reasons;
         a product nobody bought yet still gets graph neighbours."""
         loaded = services.require_recommender()
@@ -842,9 +849,9 @@ def _add_recommendation_routes(app: FastAPI, services: Services) -> None:
             raise HTTPException(404, detail=f"unknown product {product_id!r}") from exc
         except ValueError as exc:
             raise HTTPException(422, detail=str(exc)) from exc
-        response.headers[RECOMMENDER_HEADER] = loaded.version
-        return RelatedOut(product=product_id, version=loaded.version,
-                          items=[_item(r, True) for r in recs])
+        return _json(RelatedOut(product=product_id, version=loaded.version,
+                                items=[_item(r, True) for r in recs]),
+                     {RECOMMENDER_HEADER: loaded.version})
 
     import anyio.to_thread
 
