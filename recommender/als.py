@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Literal, Self
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.base import Recommender, as_user_rows, blas_threads, cosine_neighbours
+from recommender.base import (
+    Recommender,
+    as_user_rows,
+    blas_threads,
+    cached_row_norms,
+    cosine_neighbours,
+)
 
 if TYPE_CHECKING:
     from implicit.cpu.als import AlternatingLeastSquares
@@ -132,7 +138,8 @@ class ALSRecommender(Recommender):
     def similar_items(self, item: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Cosine over the item factors."""
         self._check_fitted()
-        return cosine_neighbours(self.item_factors, item, k)
+        return cosine_neighbours(self.item_factors, item, k,
+                                 cached_row_norms(self, self.item_factors))
 
     # ---- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

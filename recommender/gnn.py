@@ -20,7 +20,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from encoders.gnn import CONFIG_FILE, LightGCNEncoder
-from recommender.base import Recommender, as_user_rows, binarised, cosine_neighbours
+from recommender.base import (
+    Recommender,
+    as_user_rows,
+    binarised,
+    cached_row_norms,
+    cosine_neighbours,
+)
 from recommender.evaluation import evaluate
 
 if TYPE_CHECKING:
@@ -199,7 +205,8 @@ class GraphRecommender(Recommender):
     def similar_items(self, item: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Cosine over the final product embeddings."""
         self._check_fitted()
-        return cosine_neighbours(self.item_embeddings, item, k)
+        return cosine_neighbours(self.item_embeddings, item, k,
+                                 cached_row_norms(self, self.item_embeddings))
 
     def embed_new_products(self, features: np.ndarray) -> np.ndarray:
         """Final embeddings for products added after training, from their features alone

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -357,16 +357,25 @@ class HybridRecommender(Recommender):
                 ) -> list[Reason]:
         """The `limit` sources contributing most to `item`'s score for this user, with the
         history product (and graph node) each one points at."""
+        return self.explain_items(user_row, history, [item], limit)[0]
+
+    def explain_items(self, user_row: int, history: sp.csr_matrix, items: Sequence[int],
+                      limit: int = 2) -> list[list[Reason]]:
+        """`explain` for several items of one user, scoring every source once rather than
+        once per item (on Complete Journey a full scoring pass costs ~20 ms)."""
         self._check_fitted()
         rows = as_user_rows(user_row)
         history = self._check_user_items(rows, history)
         seen = history.indices
-        contributions = sorted(
-            ((float(self.weights[name] * z[0, item]), name)
-             for name, z in self.source_scores(rows, history).items()), reverse=True)
-        # sources that pushed the item up; at least the strongest one, whatever its sign
-        chosen = [c for c in contributions if c[0] > 0][:limit] or contributions[:1]
-        return [self._source_reason(name, value, seen, item) for value, name in chosen]
+        scores = self.source_scores(rows, history)
+        out = []
+        for item in items:
+            contributions = sorted(((float(self.weights[name] * z[0, item]), name)
+                                    for name, z in scores.items()), reverse=True)
+            # sources that pushed the item up; at least the strongest one, whatever its sign
+            chosen = [c for c in contributions if c[0] > 0][:limit] or contributions[:1]
+            out.append([self._source_reason(name, value, seen, item) for value, name in chosen])
+        return out
 
     def _source_reason(self, name: str, value: float, seen: np.ndarray, item: int) -> Reason:
         source = self.sources[name]

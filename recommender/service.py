@@ -197,11 +197,12 @@ class RecommendationService:
         ids, values = ids[0], values[0]
         keep = ids >= 0
         ids, values = mmr(ids[keep], values[keep], self.model.item_vectors(), k, diversity)
+        explained = (self.model.explain_items(row, history, [int(i) for i in ids]) if explain
+                     else [None] * len(ids))
         out = []
-        for item, value in zip(ids, values):
+        for item, value, reasons in zip(ids, values, explained):
             rec = self._describe(int(item), float(value))
-            if explain:
-                reasons = self.model.explain(row, history, int(item))
+            if reasons is not None:
                 rec.sources = [r.source for r in reasons]
                 rec.reasons = [self.render(r, int(item)) for r in reasons]
             out.append(rec)
