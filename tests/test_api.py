@@ -3,6 +3,7 @@ Neo4j for the graph endpoints), FastAPI's TestClient; plus the Docker packaging.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
