@@ -8,10 +8,16 @@ no interactions. Users u1..u6 each bought five products at increasing times; sho
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
 from kg.importers.base import add_attributes, add_category_tree
 from kg.schema import BRAND, INTERACTED, MADE_BY, PRODUCT, USER, GraphBatch
+
+if TYPE_CHECKING:
+    from recommender.training import HybridConfig
 
 PRODUCTS = pd.DataFrame({
     "id": [f"p{i}" for i in range(1, 9)],
@@ -54,3 +60,17 @@ def small_shop() -> GraphBatch:
     batch.add_nodes(USER, pd.DataFrame({"id": users}))
     batch.add_rels(INTERACTED, pd.DataFrame(rows))
     return batch
+
+
+def trained_shop(workspace: Path, config: HybridConfig) -> Path:
+    """The small shop in an embedded store under `workspace`, with content artifacts and a
+    recommender trained with `config`: the workspace API and notebook tests start from."""
+    from kg.embedded import EmbeddedStore
+    from recommender.content import build_content
+    from recommender.training import train_recommender
+
+    with EmbeddedStore(workspace / "graph") as store:
+        store.load(small_shop())
+        build_content(store, workspace)
+        train_recommender(store, workspace, config, log=lambda _: None)
+    return workspace

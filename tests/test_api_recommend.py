@@ -27,10 +27,9 @@ import api.app as api_app
 from api.app import PERSONAL_WEIGHT, RECOMMENDER_HEADER, create_app
 from kg.embedded import EmbeddedStore
 from kg.schema import INTERACTED, GraphBatch
-from recommender.content import build_content
 from recommender.service import RecommendationService
 from recommender.training import HybridConfig, current_version, train_recommender
-from tests.shop_graph import PURCHASES, small_shop
+from tests.shop_graph import PURCHASES, small_shop, trained_shop
 from tests.test_service import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,12 +41,7 @@ NO_GNN = HybridConfig(**{**TINY.to_dict(), "gnn": None})  # a quick second versi
 # ---- one trained workspace for the module; tests that write get their own copy --------------
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    ws = tmp_path_factory.mktemp("rec-ws")
-    with EmbeddedStore(ws / "graph") as store:
-        store.load(small_shop())
-        build_content(store, ws)
-        train_recommender(store, ws, TINY, log=lambda _: None)
-    return ws
+    return trained_shop(tmp_path_factory.mktemp("rec-ws"), TINY)
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,8 @@ from nbclient import NotebookClient
 
 from kg.embedded import EmbeddedStore
 from kg.neo4j_store import Neo4jSettings, Neo4jStore
-from recommender.content import build_content
 from recommender.service import RecommendationService
-from recommender.training import train_recommender
-from tests.shop_graph import PURCHASES, small_shop
+from tests.shop_graph import PURCHASES, small_shop, trained_shop
 from tests.test_service import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,12 +42,7 @@ PROBE = "import sys; print('kernel python:', sys.executable)"
 # ---- fixtures: one workspace, one kernelspec, executed notebooks cached per module ----------
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    ws = tmp_path_factory.mktemp("notebook-ws")
-    with EmbeddedStore(ws / "graph") as store:
-        store.load(small_shop())
-        build_content(store, ws)
-        train_recommender(store, ws, TINY, log=lambda _: None)
-    return ws
+    return trained_shop(tmp_path_factory.mktemp("notebook-ws"), TINY)
 
 
 @pytest.fixture(scope="module")
