@@ -75,8 +75,21 @@ ENDPOINTS = ("recommendations", "related", "search")
 
 # ---- machine --------------------------------------------------------------------------------
 def machine_line() -> str:
-    """CPU model, cores, RAM, GPU, load average at start, Python, numpy (benchmarks/machine.py)."""
-    return describe_machine("server and client share the cores; library thread defaults")
+    """CPU model, cores, RAM, GPU, load average at start, Python, numpy (benchmarks/machine.py),
+    and the HTTP stack the server runs on."""
+    return describe_machine("server and client share the cores; library thread defaults; "
+                            f"{http_stack()}")
+
+
+def http_stack() -> str:
+    """What uvicorn's "auto" settings pick here: uvloop and httptools when installed (the
+    `uvicorn[standard]` extra, a dependency of shopgraph), else asyncio and h11."""
+    import importlib.metadata
+    import importlib.util
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return f"uvicorn {importlib.metadata.version('uvicorn')} with {loop} + {http}"
 
 
 # ---- workspace ------------------------------------------------------------------------------
