@@ -82,15 +82,14 @@ class RecommendationService:
         columns = [c for c in ("user", "item", "ts", "kind", "count") if c in history]
         self.history = history[columns].copy()
         self._lock = threading.RLock()
-        self._rows: dict[int, sp.csr_matrix] = {}  # weighted history rows changed by events
-        self._changed: set[int] = set()  # trained users with events since
+        self._rows: dict[int, sp.csr_matrix] = {}  # weighted rows of users with live events
         self._available = self._availability()
-        self._categories = self._column("category")
-        self._brands = self._column("brand")
-        # read per request: plain lists and lower-cased Series, built once, not per call
+        # read per request: plain lists and lower-cased columns, built once, not per call
         self._details = {name: self._optional_column(name) for name in DETAILS}
+        self._categories = np.array([c or "" for c in self._details["category"]], dtype=object)
         self._categories_lower = pd.Series(self._categories, dtype=str).str.lower()
-        self._brands_lower = pd.Series(self._brands, dtype=str).str.lower().to_numpy()
+        self._brands_lower = np.array([(b or "").lower() for b in self._details["brand"]],
+                                      dtype=object)
         self._by_user = {int(u): g for u, g in self.history.groupby("user", sort=False)}
         # every trained user's weighted history in one vectorised pass (weights are per user,
         # so a row equals the user's own `history_matrix`): a per-user build costs ~20 ms
@@ -111,11 +110,6 @@ class RecommendationService:
                    summary["config"].get("kind_weights"))
 
     # ---- lookups ---------------------------------------------------------------------------
-    def _column(self, name: str) -> np.ndarray:
-        if name not in self.catalog:
-            return np.full(len(self.product_ids), "", dtype=object)
-        return self.catalog[name].astype(object).where(self.catalog[name].notna(), "").to_numpy()
-
     def _optional_column(self, name: str) -> list[str | None]:
         """`name` per product as str, None where missing or empty (or the column absent)."""
         if name not in self.catalog:
@@ -149,17 +143,21 @@ class RecommendationService:
         return [self.product_ids[i] for i in events.sort_values("ts", kind="stable")["item"]]
 
     def _history_row(self, row: int) -> sp.csr_matrix:
+        """The user's weighted history: rebuilt since their last event, else as trained."""
         cached = self._rows.get(row)
-        if cached is None and row < self._trained_rows.shape[0] and row not in self._changed:
+        if cached is not None:
+            return cached
+        if row < self._trained_rows.shape[0]:
             return self._trained_rows[row]
-        if cached is None:
-            events = self._by_user.get(row)
-            frame = (events.assign(user=0) if events is not None
-                     else pd.DataFrame({"user": [], "item": [], "ts": []}))
-            cached = history_matrix(frame, (1, len(self.product_ids)), self.half_life,
-                                    kind_weights=self.kind_weights)
-            self._rows[row] = cached
+        cached = self._rows[row] = self._weighted_events(row)
         return cached
+
+    def _weighted_events(self, row: int) -> sp.csr_matrix:
+        events = self._by_user.get(row)
+        frame = (events.assign(user=0) if events is not None
+                 else pd.DataFrame({"user": [], "item": [], "ts": []}))
+        return history_matrix(frame, (1, len(self.product_ids)), self.half_life,
+                              kind_weights=self.kind_weights)
 
     def user_scores(self, user_id: str) -> np.ndarray | None:
         """The user's blend score for every product, or None while their history is too
@@ -296,9 +294,7 @@ class RecommendationService:
             previous = self._by_user.get(row)
             self._by_user[row] = (event if previous is None
                                   else pd.concat([previous, event], ignore_index=True))
-            self._rows.pop(row, None)
-            self._changed.add(row)
-            history = self._history_row(row)
+            history = self._rows[row] = self._weighted_events(row)
             als = self.model.sources.get("als")
             folded = False
             if als is not None and row <= len(als.user_factors):  # type: ignore[attr-defined]
