@@ -34,7 +34,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -43,8 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote, urlsplit
 
-import pandas as pd
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Body, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -57,6 +56,7 @@ from api.models import (
     ErrorBody,
     EventIn,
     EventOut,
+    EventsOut,
     HealthOut,
     NeighbourhoodOut,
     NeighbourOut,
@@ -76,23 +76,20 @@ from api.security import ApiKey, require_api_key
 from kg.schema import (
     HAS_ATTRIBUTE,
     IN_CATEGORY,
-    INTERACTED,
     MADE_BY,
     NODE_LABELS,
     PRODUCT,
     REL_TYPES,
     USER,
-    DataError,
-    GraphBatch,
 )
-from kg.store import GraphStore, Neighbour
+from kg.store import GraphStore, InteractionEvent, Neighbour
 from kg.workspace import StoreKind, default_store_kind, default_workspace, open_store
 
 if TYPE_CHECKING:
     from recommender.search import ProductSearch, SearchHit
     from recommender.service import Recommendation, RecommendationService
 
-__all__ = ["Personaliser", "Services", "create_app", "require_api_key"]
+__all__ = ["Personaliser", "Services", "app_from_env", "create_app", "require_api_key"]
 
 log = logging.getLogger("shopgraph.api")
 
@@ -103,6 +100,8 @@ MAX_K = 100
 EVENT_LOCK_STRIPES = 64  # events of one user share a lock; bounded however many users come
 EVENT_JOURNAL = 100_000  # live events kept to replay onto a reloaded recommender
 EVENT_WRITERS = 16  # threads for POST /events, apart from the shared pool that reads run in
+EVENT_POLL_S = 0.2  # how often a server picks up events other processes wrote to the store
+MAX_EVENT_BATCH = 5_000  # events in one POST /events/batch
 PERSONAL_WEIGHT = 0.3  # most a user's taste moves a search hit, as a share of the score range
 RECOMMENDER_HEADER = "X-Recommender-Version"
 
@@ -237,6 +236,9 @@ class Services:
         self._reload_lock = threading.Lock()
         self._event_locks = tuple(threading.Lock() for _ in range(EVENT_LOCK_STRIPES))
         self._journal: deque[LiveEvent] = deque(maxlen=EVENT_JOURNAL)
+        self._own_seqs: set[int] = set()  # log entries this process wrote (not to re-apply)
+        self._event_cursor = 0  # the newest log entry applied here
+        self._follower: tuple[threading.Thread, threading.Event] | None = None
 
     # ---- search ---------------------------------------------------------------------------
     def use_search(self, search: ProductSearch) -> LoadedSearch:
@@ -327,8 +329,6 @@ class Services:
                 recommender = build_recommender(self.workspace)
             except Exception as exc:  # noqa: BLE001 - reported, the old version serves
                 self._record_failure(report, "recommender", exc, self.recommender is None)
-            if (search or recommender) and self.owns_store and self.store_kind == "embedded":
-                self._reopen_embedded_store()
             if search is not None:
                 report.search = self.use_search(search)
             if recommender is not None:
@@ -362,16 +362,12 @@ class Services:
                     raise HTTPException(503, detail=f"graph store unavailable: {exc}") from exc
             return self._store
 
-    def _reopen_embedded_store(self) -> None:
-        """Pick up a graph re-imported on disk; the old object stays valid for readers.
-
-        Waits for in-flight events: a write through the old object after the new one read
-        the tables would be lost at the new object's next write.
-        """
-        with self._all_event_locks(), self._store_lock:
-            self._store = open_store("embedded", self.workspace)
-
     def close(self) -> None:
+        if self._follower is not None:
+            thread, stop = self._follower
+            stop.set()
+            thread.join()
+            self._follower = None
         if self.owns_store and self._store is not None:
             self._store.close()
 
@@ -396,41 +392,95 @@ class Services:
                 stack.enter_context(lock)
             yield
 
-    def record_event(self, event: EventIn) -> EventOut:
-        """Write the event to the store, then into the live recommender; 404/503 on failure.
+    @contextmanager
+    def _event_locks_for(self, user_ids: Iterable[str]) -> Iterator[None]:
+        """The locks of every user given, taken in one order (no deadlock between batches)."""
+        stripes = sorted({zlib.crc32(u.encode("utf-8")) % EVENT_LOCK_STRIPES for u in user_ids})
+        with ExitStack() as stack:
+            for stripe in stripes:
+                stack.enter_context(self._event_locks[stripe])
+            yield
 
-        The store is the system of record: when it refuses or cannot be reached nothing is
-        recorded in memory. The edge is MERGEd per (user, product, kind) with `count` and
-        `weight` incremented and the latest `ts`, as the importers aggregate repeats.
+    def record_events(self, events: list[EventIn]) -> list[EventOut]:
+        """Write events to the store (durable when this returns), then into the live
+        recommender; 503 when the store cannot be reached, and then nothing is recorded.
+
+        Concurrent calls share one store transaction (group commit). Each INTERACTED edge is
+        MERGEd per (user, product, kind) with `count` and `weight` incremented and the latest
+        `ts`, as the importers aggregate repeats. An event whose `event_id` the store has
+        already logged is a `duplicate` and changes nothing; one for an unknown product is
+        `unknown_product` and is not recorded.
         """
-        ts = int(event.ts if event.ts is not None else time.time())
-        with self.event_lock(event.user_id):
+        now = int(time.time())
+        wanted = [InteractionEvent(e.user_id, e.product_id, e.kind,
+                                   int(e.ts if e.ts is not None else now), 1.0, e.event_id)
+                  for e in events]
+        with self._event_locks_for(e.user_id for e in wanted):
             store = self.store()
             try:
-                if store.get_node(PRODUCT, event.product_id) is None:
-                    raise HTTPException(404, detail=f"no product with id {event.product_id!r}")
-                new_user = store.get_node(USER, event.user_id) is None
-                previous = (None if new_user else
-                            store.interactions(event.user_id, event.product_id, event.kind))
-                count, weight, latest = _merged_counts(previous, ts)
-                batch = GraphBatch()
-                if new_user:
-                    batch.add_node(USER, event.user_id)
-                batch.add_rel(INTERACTED, event.user_id, event.product_id,
-                              {"kind": event.kind, "weight": weight, "count": count,
-                               "ts": latest})
-                store.load(batch)
+                results = store.record_events(wanted)
             except _store_write_errors() as exc:
                 raise HTTPException(503, detail=f"graph store unavailable, event not "
                                                 f"recorded: {exc}") from exc
-            except DataError as exc:  # the product was deleted between check and write
-                raise HTTPException(404, detail=f"no product with id {event.product_id!r}"
-                                    ) from exc
-            self._journal.append(LiveEvent(event.user_id, event.product_id, event.kind, ts))
-            version, history = self._record_live(event, ts)
-        return EventOut(user_id=event.user_id, product_id=event.product_id, kind=event.kind,
-                        ts=ts, count=count, new_user=new_user, recommender=version,
-                        history=history)
+            out = []
+            for result in results:
+                version = history = None
+                if result.status == "recorded":
+                    if result.seq is not None:
+                        self._own_seqs.add(result.seq)
+                    version, history = self._record_live(result.event)
+                out.append(EventOut(
+                    user_id=result.event.user_id, product_id=result.event.product_id,
+                    kind=result.event.kind, ts=result.event.ts, status=result.status,
+                    event_id=result.event.event_id, seq=result.seq, count=result.count,
+                    new_user=result.new_user, recommender=version, history=history))
+        return out
+
+    def record_event(self, event: EventIn) -> EventOut:
+        """One event (see `record_events`); 404 for an unknown product."""
+        result = self.record_events([event])[0]
+        if result.status == "unknown_product":
+            raise HTTPException(404, detail=f"no product with id {event.product_id!r}")
+        return result
+
+    def follow_events(self) -> int:
+        """Apply events other processes wrote to the store since the last call (workers
+        sharing one store see each other's events); returns how many were applied."""
+        store = self.store()
+        applied = 0
+        while True:
+            logged = store.events_since(self._event_cursor)
+            for entry in logged:
+                self._event_cursor = max(self._event_cursor, entry.seq)
+                if entry.seq in self._own_seqs:
+                    self._own_seqs.discard(entry.seq)
+                    continue
+                with self.event_lock(entry.event.user_id):
+                    self._record_live(entry.event)
+                applied += 1
+            if len(logged) < 10_000:
+                return applied
+
+    def start_following(self, interval_s: float = EVENT_POLL_S) -> None:
+        """Poll the store's event log every `interval_s` on a daemon thread."""
+        if self._follower is not None:
+            return
+        try:
+            self._event_cursor = self.store().latest_event_seq()
+        except Exception as exc:  # noqa: BLE001 - the thread retries until the store answers
+            log.warning("event log not readable yet: %s", exc)
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(interval_s):
+                try:
+                    self.follow_events()
+                except Exception as exc:  # noqa: BLE001 - logged; the next poll retries
+                    log.warning("following the store's events failed: %s", exc)
+
+        thread = threading.Thread(target=run, name="event-follower", daemon=True)
+        self._follower = (thread, stop)
+        thread.start()
 
     def adopt_user(self, loaded: LoadedRecommender, user_id: str) -> bool:
         """Let `loaded` serve a user the graph has but its training did not (their stored
@@ -447,32 +497,20 @@ class Services:
         loaded.service.adopt_user(user_id, events)
         return True
 
-    def _record_live(self, event: EventIn, ts: int) -> tuple[str | None, int | None]:
+    def _record_live(self, event: InteractionEvent) -> tuple[str | None, int | None]:
+        """Journal the event (for a reload's replay) and apply it to the live recommender."""
         from recommender.service import UnknownIdError
 
+        self._journal.append(LiveEvent(event.user_id, event.product_id, event.kind, event.ts))
         loaded = self.recommender
         if loaded is None:
             return None, None
         try:
             result = loaded.service.record_event(event.user_id, event.product_id, event.kind,
-                                                 ts)
+                                                 event.ts)
         except UnknownIdError:  # a product added to the graph after this version's training
             return None, None
         return loaded.version, int(result["history"])
-
-
-def _merged_counts(previous: pd.DataFrame | None, ts: int) -> tuple[int, float, int]:
-    """(count, weight, ts) of the edge after one more event, from its stored row if any."""
-    if previous is None or previous.empty:
-        return 1, 1.0, ts
-    row = previous.iloc[0]
-
-    def number(column: str, default: float) -> float:
-        value = row.get(column)
-        return default if value is None or pd.isna(value) else float(value)
-
-    return (int(number("count", 1)) + 1, number("weight", 1.0) + 1.0,
-            max(ts, int(number("ts", 0))))
 
 
 def personalise(service: RecommendationService, user_id: str, hits: list[SearchHit]
@@ -537,6 +575,12 @@ def _load_at_startup(services: Services, search: bool, recommender: bool) -> Non
             log.warning("recommender not loaded from %s: %s", services.workspace, exc)
 
 
+def app_from_env() -> FastAPI:
+    """The app from `SHOPGRAPH_*` settings alone: what each `shopgraph serve --workers N`
+    process builds (uvicorn imports it by name in every worker)."""
+    return create_app()
+
+
 def create_app(
     workspace: Path | None = None,
     store: GraphStore | None = None,
@@ -550,6 +594,7 @@ def create_app(
     warm: bool = True,
     recommender: RecommendationService | None = None,
     load_recommender: bool = True,
+    follow_events: bool = True,
 ) -> FastAPI:
     """The shopgraph HTTP app.
 
@@ -558,6 +603,8 @@ def create_app(
     passed in is not closed by the app. `load_search=False` / `load_recommender=False` start
     without that part (then POST /admin/reload). `personaliser` overrides the default search
     personalisation, which re-ranks by the loaded recommender (see `personalise`).
+    `follow_events` polls the store's event log while the app runs, so events that other
+    processes (the other `--workers`, a batch import) write reach this one's recommendations.
     """
     workspace = Path(workspace) if workspace is not None else default_workspace()
     services = Services(workspace, store, store_kind or default_store_kind(), warm=warm)
@@ -572,6 +619,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if follow_events:
+            services.start_following()
         yield
         services.close()
 
@@ -773,12 +822,14 @@ def _add_graph_routes(app: FastAPI, services: Services) -> None:
 
 
 # ---- recommendations and events -------------------------------------------------------------
-def _json(body: BaseModel, headers: dict[str, str] | None = None) -> Response:
+def _json(body: BaseModel, headers: dict[str, str] | None = None, status: int = 200
+          ) -> Response:
     """`body` serialised once, by pydantic. Returning the model instead makes FastAPI validate
     it again against `response_model` and encode it through Python dicts: about 1 ms more per
     10-item answer on the dev machine, a quarter of a recommendation's time. The route keeps
     `response_model` for the OpenAPI schema."""
-    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+    return Response(body.model_dump_json(), status_code=status, media_type="application/json",
+                    headers=headers)
 
 
 def _item(rec: Recommendation, reasons: bool) -> RecommendationOut:
@@ -861,13 +912,32 @@ def _add_recommendation_routes(app: FastAPI, services: Services) -> None:
     event_writers = anyio.CapacityLimiter(EVENT_WRITERS)
 
     @app.post("/events", response_model=EventOut, status_code=201, dependencies=[ApiKey],
+              responses={**ERRORS, 200: {"model": EventOut, "description": "A duplicate "
+                                         "`event_id`: already recorded, nothing changed"},
+                         401: {"model": ErrorBody}}, tags=["recommendations"])
+    async def events(event: EventIn) -> Response:
+        """Record a view, cart or purchase: on disk in the graph store when this answers 201
+        (503 when the store cannot be reached, and then nothing is recorded), then applied to
+        the live recommender, so the shopper's next recommendations reflect it. Give an
+        `event_id` to make retries safe: a repeat answers 200 and changes nothing."""
+        out = await anyio.to_thread.run_sync(services.record_event, event,
+                                             limiter=event_writers)
+        return _json(out, status=200 if out.status == "duplicate" else 201)
+
+    @app.post("/events/batch", response_model=EventsOut, dependencies=[ApiKey],
               responses={**ERRORS, 401: {"model": ErrorBody}}, tags=["recommendations"])
-    async def events(event: EventIn) -> EventOut:
-        """Record a view, cart or purchase: written to the graph store first (503 when it
-        cannot be reached, and then nothing is recorded), then applied to the live
-        recommender, so the shopper's next recommendations reflect it."""
-        return await anyio.to_thread.run_sync(services.record_event, event,
-                                              limiter=event_writers)
+    async def events_batch(
+        events: Annotated[list[EventIn], Body(max_length=MAX_EVENT_BATCH)],
+    ) -> Response:
+        """Record up to 5,000 events in one durable transaction (a shop's event stream,
+        a back-fill). Each result says `recorded`, `duplicate` (its `event_id` was seen
+        before) or `unknown_product` (not recorded); the rest are recorded all the same."""
+        out = await anyio.to_thread.run_sync(services.record_events, events,
+                                             limiter=event_writers)
+        return _json(EventsOut(
+            recorded=sum(r.status == "recorded" for r in out),
+            duplicates=sum(r.status == "duplicate" for r in out),
+            unknown_products=sum(r.status == "unknown_product" for r in out), results=out))
 
 
 # ---- operations -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,13 @@ def _workspace_option(parser: argparse.ArgumentParser) -> None:
         help=f"directory for the embedded store and artifacts (default: $SHOPGRAPH_WORKSPACE "
              f"or ./{DEFAULT_WORKSPACE})",
     )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
@@ -270,8 +278,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """The HTTP API over the workspace's artifacts and the graph store (Ctrl-C stops it)."""
     import uvicorn
 
-    from api.app import create_app
+    from api.app import EVENT_POLL_S, create_app
 
+    if args.workers > 1:  # each worker builds its own app from the environment
+        if args.workspace is not None:
+            os.environ["SHOPGRAPH_WORKSPACE"] = str(args.workspace)
+        if args.store is not None:
+            os.environ["SHOPGRAPH_STORE"] = args.store
+        base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}"
+        print(f"shopgraph API on {base}:{args.port} ({args.workers} worker processes over one "
+              "workspace and store; each picks up the others' events within "
+              f"{EVENT_POLL_S:g} s)")
+        uvicorn.run("api.app:app_from_env", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level="warning")
+        return 0
     app = create_app(args.workspace, store_kind=args.store)
     services = app.state.services
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
@@ -388,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1",
                        help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=_positive_int, default=1,
+                       help="server processes sharing the workspace and store (default 1; "
+                            "about one per core)")
     _store_options(serve)
     serve.set_defaults(func=cmd_serve)
     return parser

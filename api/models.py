@@ -163,6 +163,9 @@ class EventIn(BaseModel):
     product_id: str = Field(min_length=1, max_length=200, description="An existing product")
     kind: EventKind
     ts: int | None = Field(None, ge=0, description="Unix seconds; default: now")
+    event_id: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="Idempotency key: an event whose id was recorded before changes nothing")
 
 
 class EventOut(BaseModel):
@@ -172,6 +175,11 @@ class EventOut(BaseModel):
     product_id: str
     kind: EventKind
     ts: int = Field(description="The event's time (unix seconds)")
+    status: Literal["recorded", "duplicate", "unknown_product"] = Field(
+        "recorded", description="recorded; duplicate (its event_id was recorded before, "
+                                "nothing changed); unknown_product (not recorded)")
+    event_id: str | None = None
+    seq: int | None = Field(None, description="The event's position in the store's event log")
     count: int = Field(description="Events of this kind between this user and product so far "
                                    "(the INTERACTED edge's `count`)")
     new_user: bool = Field(description="True when this event created the User node")
@@ -180,3 +188,12 @@ class EventOut(BaseModel):
                           "does not know the product (trained before it existed)")
     history: int | None = Field(
         None, description="Distinct products in the user's live history afterwards")
+
+
+class EventsOut(BaseModel):
+    """A batch of events: how many of each outcome, and one result per event, in order."""
+
+    recorded: int
+    duplicates: int
+    unknown_products: int
+    results: list[EventOut]

@@ -7,10 +7,11 @@ neighbourhoods, interaction queries, counts — is written once here so both sto
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
@@ -21,6 +22,9 @@ from kg.schema import (
     RelType,
     Scalar,
 )
+
+if TYPE_CHECKING:
+    from kg.group_commit import GroupCommitter
 
 NodeRef = tuple[str, str]  # (label, id)
 
@@ -45,6 +49,50 @@ class LoadReport:
     relationships: dict[str, int]
 
 
+@dataclass(frozen=True)
+class InteractionEvent:
+    """One live shopper event to record: the edge (user, product, kind) grows by one.
+
+    `event_id` is the client's idempotency key: an event whose id the store has already
+    recorded is answered as a duplicate and changes nothing, so a retry never counts twice.
+    """
+
+    user_id: str
+    product_id: str
+    kind: str
+    ts: int
+    weight: float = 1.0
+    event_id: str | None = None
+
+
+EventStatus = Literal["recorded", "duplicate", "unknown_product"]
+
+
+@dataclass(frozen=True)
+class RecordedInteraction:
+    """What recording one event did, with the INTERACTED edge as it stands afterwards.
+
+    `seq` is the event's position in the store's event log (what `events_since` pages by);
+    a duplicate reports the edge as it is now and the seq of the first recording.
+    """
+
+    event: InteractionEvent
+    status: EventStatus
+    count: int = 0
+    weight: float = 0.0
+    ts: int = 0
+    new_user: bool = False
+    seq: int | None = None
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """An event from the store's log, for other processes to replay what one of them wrote."""
+
+    seq: int
+    event: InteractionEvent
+
+
 def row_props(row: dict[str, Any], skip: Iterable[str] = ()) -> dict[str, Scalar]:
     """A table row as node/relationship properties: nulls dropped, numpy scalars unwrapped."""
     skipped = set(skip)
@@ -56,10 +104,14 @@ def row_props(row: dict[str, Any], skip: Iterable[str] = ()) -> dict[str, Scalar
     return out
 
 
+_COMMITTER_LOCK = threading.Lock()
+
+
 class GraphStore(ABC):
     """The system of record for products, brands, categories, users and their links."""
 
     name: str = "store"
+    _committer: GroupCommitter | None = None  # started by the first `record_events`
 
     # ---- primitives each store implements -------------------------------------------------
     @abstractmethod
@@ -110,9 +162,50 @@ class GraphStore(ABC):
     def clear(self) -> None:
         """Remove everything (tests, re-imports from scratch)."""
 
+    @abstractmethod
+    def record_interactions(self, events: Sequence[InteractionEvent]
+                            ) -> list[RecordedInteraction]:
+        """Record live events in one durable transaction, in order; one result per event.
+
+        Each event MERGEs its User (created when new) and increments the INTERACTED edge's
+        `count` by one and `weight` by the event's weight, keeping the latest `ts`; an event
+        for an unknown product, or whose `event_id` is already logged, writes nothing. Every
+        recorded event is appended to the event log. All or nothing: when the store fails,
+        no event of the call is recorded.
+        """
+
+    @abstractmethod
+    def events_since(self, seq: int, limit: int = 10_000) -> list[LoggedEvent]:
+        """Logged events with a sequence number above `seq`, oldest first."""
+
+    def latest_event_seq(self) -> int:
+        """The newest sequence number in the event log (0 when empty)."""
+        seq = 0
+        while logged := self.events_since(seq):
+            seq = logged[-1].seq
+        return seq
+
+    def record_events(self, events: Sequence[InteractionEvent],
+                      timeout: float | None = None) -> list[RecordedInteraction]:
+        """`record_interactions` through group commit: concurrent callers share one
+        transaction (one flush), and each returns once its own events are durable."""
+        committer = self._committer
+        if committer is None:
+            with _COMMITTER_LOCK:
+                committer = self._committer
+                if committer is None:
+                    from kg.group_commit import GroupCommitter
+
+                    committer = GroupCommitter(self.record_interactions,
+                                               name=f"{self.name}-group-commit")
+                    self._committer = committer
+        return committer.submit(events, timeout)
+
     def close(self) -> None:
         """Release connections or files; the store is unusable afterwards."""
-        return None
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            committer.close()
 
     def __enter__(self) -> GraphStore:
         return self

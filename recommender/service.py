@@ -83,6 +83,8 @@ class RecommendationService:
         self.history = history[columns].copy()
         self._lock = threading.RLock()
         self._rows: dict[int, sp.csr_matrix] = {}  # weighted rows of users with live events
+        self._pending: dict[int, list[tuple[int, int, str]]] = {}  # events not folded in yet
+        self._live_items: dict[int, set[int]] = {}  # distinct products of users with events
         self._available = self._availability()
         # read per request: plain lists and lower-cased columns, built once, not per call
         self._details = {name: self._optional_column(name) for name in DETAILS}
@@ -137,13 +139,17 @@ class RecommendationService:
         row = self.user_row.get(str(user_id))
         if row is None:
             raise UnknownIdError(f"unknown user {user_id!r}")
-        events = self._by_user.get(row)
+        with self._lock:
+            self._apply_pending(row)
+            events = self._by_user.get(row)
         if events is None:
             return []
         return [self.product_ids[i] for i in events.sort_values("ts", kind="stable")["item"]]
 
     def _history_row(self, row: int) -> sp.csr_matrix:
         """The user's weighted history: rebuilt since their last event, else as trained."""
+        if row in self._pending:
+            self._apply_pending(row)
         cached = self._rows.get(row)
         if cached is not None:
             return cached
@@ -280,7 +286,11 @@ class RecommendationService:
     # ---- events ----------------------------------------------------------------------------
     def record_event(self, user_id: str, product_id: str, kind: str = "view",
                      ts: float | None = None) -> dict[str, Any]:
-        """Add an interaction to the user's live history and fold the user into ALS."""
+        """Add an interaction to the user's live history.
+
+        Cheap on purpose (a shop posts events far more often than one shopper asks for
+        recommendations): the history row is rebuilt and the user folded into ALS on the
+        user's next read, once for however many events arrived meanwhile."""
         item = self._product(product_id)
         with self._lock:
             row = self.user_row.get(str(user_id))
@@ -288,20 +298,30 @@ class RecommendationService:
                 row = len(self.user_ids)
                 self.user_ids.append(str(user_id))
                 self.user_row[str(user_id)] = row
+            items = self._live_items.get(row)
+            if items is None:
+                items = self._live_items[row] = set(self._history_row(row).indices.tolist())
+            items.add(item)
             stamp = int(ts if ts is not None else time.time())
-            event = pd.DataFrame({"user": [row], "item": [item], "ts": [stamp],
-                                  "kind": [str(kind)], "count": [1]})
-            previous = self._by_user.get(row)
-            self._by_user[row] = (event if previous is None
-                                  else pd.concat([previous, event], ignore_index=True))
-            history = self._rows[row] = self._weighted_events(row)
-            als = self.model.sources.get("als")
-            folded = False
-            if als is not None and row <= len(als.user_factors):  # type: ignore[attr-defined]
-                als.fold_in(row, history)  # type: ignore[attr-defined]
-                folded = True
+            self._pending.setdefault(row, []).append((item, stamp, str(kind)))
         return {"user": str(user_id), "product": str(product_id), "kind": kind,
-                "history": int(history.nnz), "als_folded_in": folded}
+                "history": len(items)}
+
+    def _apply_pending(self, row: int) -> None:
+        """Fold the user's events since their last read into the history and ALS."""
+        pending = self._pending.pop(row, None)
+        if not pending:
+            return
+        items, stamps, kinds = zip(*pending)
+        events = pd.DataFrame({"user": row, "item": list(items), "ts": list(stamps),
+                               "kind": list(kinds), "count": 1})
+        previous = self._by_user.get(row)
+        self._by_user[row] = (events if previous is None
+                              else pd.concat([previous, events], ignore_index=True))
+        history = self._rows[row] = self._weighted_events(row)
+        als = self.model.sources.get("als")
+        if als is not None and row <= len(als.user_factors):  # type: ignore[attr-defined]
+            als.fold_in(row, history)  # type: ignore[attr-defined]
 
     def adopt_user(self, user_id: str, events: pd.DataFrame) -> int:
         """Serve a shopper this version was not trained on (e.g. one loaded into the graph

@@ -182,7 +182,8 @@ def test_purchase_event_lands_in_the_store_and_the_next_recommendations(copy) ->
         assert r.status_code == 201, r.text
         assert r.json() == {"user_id": "u1", "product_id": top, "kind": "purchase",
                             "ts": 5_000, "count": 1, "new_user": False,
-                            "recommender": current_version(copy).name, "history": 6}
+                            "recommender": current_version(copy).name, "history": 6,
+                            "status": "recorded", "event_id": None, "seq": 1}
         assert top not in ids(c.get("/users/u1/recommendations", params={"k": 3}).json())
         again = c.post("/events", json={"user_id": "u1", "product_id": top,
                                         "kind": "purchase", "ts": 4_000}, headers=KEY)
@@ -312,6 +313,9 @@ class StoreThatLosesItsConnectionOnWrite(EmbeddedStore):
     failure: BaseException = ConnectionError("connection to the graph store lost")
 
     def _write(self, batch: GraphBatch, progress: bool) -> None:
+        raise self.failure
+
+    def record_interactions(self, events):  # noqa: ANN001, ANN201 - as the base class
         raise self.failure
 
 

@@ -15,6 +15,7 @@ from kg.importers import load_dataset
 from kg.importers.base import ImportResult
 from kg.importers.fashion import build, default_dir, derive_brand
 from kg.schema import HAS_ATTRIBUTE, IN_CATEGORY, MADE_BY, SUBCATEGORY_OF, DataError
+from tests.store_conformance import snapshot
 
 DATA = default_dir()
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage," \
@@ -197,13 +198,13 @@ def test_bad_input_is_located(
     data_dir = write_styles(tmp_path / "bad", lines, header)
     store = EmbeddedStore(tmp_path / "g")
     load_dataset("fashion", store, write_styles(tmp_path / "good", GOOD))
-    before, version = store.counts(), (tmp_path / "g" / "CURRENT").read_text()
+    before, tables = store.counts(), snapshot(store)
     with pytest.raises(DataError, match=message) as caught:
         load_dataset("fashion", store, data_dir)
     error = caught.value
     assert (error.file, error.line, error.field) == (str(data_dir / "styles.csv"), line, field)
     assert store.counts() == before
-    assert (tmp_path / "g" / "CURRENT").read_text() == version
+    assert snapshot(store) == tables
     assert EmbeddedStore(tmp_path / "g").counts() == before
 
 

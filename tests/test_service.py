@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from kg.embedded import EmbeddedStore
@@ -81,10 +82,13 @@ def test_unknown_ids_and_bad_k(service: RecommendationService) -> None:
 def test_events_change_the_next_recommendations(service: RecommendationService) -> None:
     before = service.recommend("u1", k=3)
     target = before[0].id
+    als = service.model.sources["als"]
+    factors = als.user_factors[service.user_row["u1"]].copy()
     result = service.record_event("u1", target, "purchase")
-    assert result["als_folded_in"] and result["history"] == 6
+    assert result["history"] == 6
     after = service.recommend("u1", k=3)
     assert target not in ids(after)
+    assert not np.allclose(als.user_factors[service.user_row["u1"]], factors)  # folded in
     # a brand-new user: cold start first, the hybrid once the history is long enough
     for product in ("p6", "p7", "p8"):
         service.record_event("newbie", product, "view")
