@@ -237,7 +237,7 @@ class Services:
         self._event_locks = tuple(threading.Lock() for _ in range(EVENT_LOCK_STRIPES))
         self._journal: deque[LiveEvent] = deque(maxlen=EVENT_JOURNAL)
         self._own_seqs: set[int] = set()  # log entries this process wrote (not to re-apply)
-        self._event_cursor = 0  # the newest log entry applied here
+        self.event_cursor = 0  # the newest log entry applied here
         self._follower: tuple[threading.Thread, threading.Event] | None = None
 
     # ---- search ---------------------------------------------------------------------------
@@ -449,13 +449,14 @@ class Services:
         store = self.store()
         applied = 0
         while True:
-            logged = store.events_since(self._event_cursor)
+            logged = store.events_since(self.event_cursor)
             for entry in logged:
-                self._event_cursor = max(self._event_cursor, entry.seq)
-                if entry.seq in self._own_seqs:
-                    self._own_seqs.discard(entry.seq)
-                    continue
+                self.event_cursor = max(self.event_cursor, entry.seq)
+                # the writer holds this lock from its commit until it noted the seq as its own
                 with self.event_lock(entry.event.user_id):
+                    if entry.seq in self._own_seqs:
+                        self._own_seqs.discard(entry.seq)
+                        continue
                     self._record_live(entry.event)
                 applied += 1
             if len(logged) < 10_000:
@@ -466,7 +467,7 @@ class Services:
         if self._follower is not None:
             return
         try:
-            self._event_cursor = self.store().latest_event_seq()
+            self.event_cursor = self.store().latest_event_seq()
         except Exception as exc:  # noqa: BLE001 - the thread retries until the store answers
             log.warning("event log not readable yet: %s", exc)
         stop = threading.Event()
@@ -974,6 +975,7 @@ def _add_operational_routes(app: FastAPI, services: Services, metrics: ApiMetric
                         recommender=recommender.version if recommender else None,
                         recommender_users=recommender.users if recommender else None,
                         store=getattr(store, "name", type(store).__name__),
+                        pid=os.getpid(), event_seq=services.event_cursor,
                         not_loaded=not_loaded)
 
     @app.get("/metrics", response_class=Response, tags=["operations"],

@@ -97,6 +97,8 @@ class ReadyOut(BaseModel):
     recommender: str | None = Field(None, description="Version of the loaded recommender")
     recommender_users: int | None = Field(None, description="Users the recommender knows")
     store: str
+    pid: int = Field(description="The server process that answered (one of `--workers`)")
+    event_seq: int = Field(0, description="Newest event of the store's log applied here")
     not_loaded: dict[str, str] = Field(
         default_factory=dict, description="Part (search, recommender) -> why it is not loaded")
 

@@ -456,43 +456,52 @@ class EmbeddedStore(GraphStore):
             if state is None:
                 results.append(RecordedInteraction(event, status))
                 continue
-            count, weight, ts = state
-            results.append(RecordedInteraction(event, status, count, weight, ts, new_user, seq))
+            count, weight = state
+            results.append(RecordedInteraction(event, status, count, weight, new_user, seq))
         return results
 
     @staticmethod
     def _add_to_edges(conn: sqlite3.Connection, table: str,
                       plan: list[tuple[InteractionEvent, str, int, bool]]
-                      ) -> list[tuple[int, float, int] | None]:
-        """Apply the recorded events, one upsert per edge; the edge's (count, weight, ts)
-        as each event in `plan` leaves it (a duplicate: as it stood at that point)."""
-        current: dict[tuple[str, str, str], tuple[int, float, int]] = {}
-        changed: set[tuple[str, str, str]] = set()
-        states: list[tuple[int, float, int] | None] = []
+                      ) -> list[tuple[int, float] | None]:
+        """Apply the recorded events, one upsert per edge (RETURNING its new state), and
+        work back to the edge's (count, weight) as each event left it (a duplicate: as it
+        stood at that point)."""
+        totals: dict[tuple[str, str, str], list[Any]] = {}  # edge -> [n, weight, latest ts]
         for event, status, _, _ in plan:
+            if status == "recorded":
+                total = totals.setdefault((event.user_id, event.product_id, event.kind),
+                                          [0, 0.0, 0])
+                total[0] += 1
+                total[1] += float(event.weight)
+                total[2] = max(total[2], int(event.ts))
+        state: dict[tuple[str, str, str], tuple[int, float]] = {}
+        for key, (n, weight, ts) in totals.items():
+            count, total_weight = conn.execute(
+                f'INSERT INTO {table} (source, target, key, kind, "count", weight, ts) '
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, target, key) DO UPDATE SET "
+                '"count" = coalesce("count", 1) + excluded."count", '
+                "weight = coalesce(weight, 1.0) + excluded.weight, "
+                "ts = max(coalesce(ts, 0), excluded.ts) "
+                'RETURNING "count", weight', (*key, key[2], n, weight, ts)).fetchone()
+            state[key] = (int(count), float(total_weight))
+        for event, status, _, _ in plan:
+            key = (event.user_id, event.product_id, event.kind)
+            if status == "duplicate" and key not in state:
+                row = conn.execute(f'SELECT "count", weight FROM {table} '
+                                   "WHERE source=? AND target=? AND key=?", key).fetchone()
+                state[key] = (0, 0.0) if row is None else (int(row[0] or 1),
+                                                           float(row[1] or 1.0))
+        states: list[tuple[int, float] | None] = [None] * len(plan)
+        for position in range(len(plan) - 1, -1, -1):  # newest first: undo one at a time
+            event, status, _, _ = plan[position]
             if status == "unknown_product":
-                states.append(None)
                 continue
             key = (event.user_id, event.product_id, event.kind)
-            if key not in current:
-                stored = conn.execute(f'SELECT "count", weight, ts FROM {table} '
-                                      "WHERE source=? AND target=? AND key=?", key).fetchone()
-                current[key] = ((0, 0.0, 0) if stored is None else
-                                (1 if stored[0] is None else int(stored[0]),
-                                 1.0 if stored[1] is None else float(stored[1]),
-                                 0 if stored[2] is None else int(stored[2])))
+            states[position] = state[key]
             if status == "recorded":
-                count, weight, ts = current[key]
-                current[key] = (count + 1, weight + float(event.weight), max(ts, int(event.ts)))
-                changed.add(key)
-            states.append(current[key])
-        conn.executemany(
-            f'INSERT INTO {table} (source, target, key, kind, weight, "count", ts) '
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, target, key) DO UPDATE SET "
-            'kind = excluded.kind, weight = excluded.weight, "count" = excluded."count", '
-            "ts = excluded.ts",
-            [(*key, key[2], current[key][1], current[key][0], current[key][2])
-             for key in changed])
+                count, weight = state[key]
+                state[key] = (count - 1, weight - float(event.weight))
         return states
 
     @staticmethod

@@ -70,7 +70,8 @@ EventStatus = Literal["recorded", "duplicate", "unknown_product"]
 
 @dataclass(frozen=True)
 class RecordedInteraction:
-    """What recording one event did, with the INTERACTED edge as it stands afterwards.
+    """What recording one event did, with the INTERACTED edge's count and weight as the
+    event left them (its `ts` is the latest of all its events, in the store).
 
     `seq` is the event's position in the store's event log (what `events_since` pages by);
     a duplicate reports the edge as it is now and the seq of the first recording.
@@ -80,7 +81,6 @@ class RecordedInteraction:
     status: EventStatus
     count: int = 0
     weight: float = 0.0
-    ts: int = 0
     new_user: bool = False
     seq: int | None = None
 
