@@ -11,7 +11,7 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.base import Recommender, binarised, blas_threads, cosine_neighbours
+from recommender.base import Recommender, binarised, blas_threads, cosine_neighbours, spread_rows
 
 
 class Popularity(Recommender):
@@ -113,7 +113,8 @@ class ItemKNN(Recommender):
         self._check_fitted()
         history = (sp.csr_matrix(user_items, dtype=np.float32) if self.weighted_history
                    else binarised(user_items))
-        return (history @ self.similarity).toarray()
+        one = spread_rows(self.similarity, history)  # a single user (serving)
+        return one if one is not None else (history @ self.similarity).toarray()
 
     def similar_items(self, item: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The item's kept neighbours (at most `neighbours` of them), most similar first."""

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from kg.export import GraphSnapshot
 from kg.schema import ATTRIBUTE, BRAND, CATEGORY, ENTITY, PRODUCT
-from recommender.base import Reason, Recommender, binarised, top_k
+from recommender.base import Reason, Recommender, binarised, spread_rows, top_k
 
 PATH_FAMILIES = ("brand", "category", "attribute", "entity")
 
@@ -170,6 +170,9 @@ class GraphPathRecommender(Recommender):
     def score(self, user_rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         self._check_fitted()
         incidence = self.links.incidence
+        one = spread_rows(incidence, user_items)  # a single user (serving): dense vectors
+        if one is not None:
+            return (incidence @ (one[0] * self.node_weights))[None, :].astype(np.float32)
         # users x nodes: the history's weight (1 per product, or e.g. a recency weight) per node
         reached = sp.csr_matrix(user_items, dtype=np.float32) @ incidence
         reached = reached.multiply(self.node_weights[None, :]).tocsr()
