@@ -426,8 +426,8 @@ class Services:
             for result in results:
                 version = history = None
                 if result.status == "recorded":
-                    if result.seq is not None:
-                        self._own_seqs.add(result.seq)
+                    if result.seq is not None and self._follower is not None:
+                        self._own_seqs.add(result.seq)  # the follower skips it
                     version, history = self._record_live(result.event)
                 out.append(EventOut(
                     user_id=result.event.user_id, product_id=result.event.product_id,

@@ -214,14 +214,15 @@ class Server:
 
 @contextlib.contextmanager
 def serve(workspace: Path, store: str, env: dict[str, str], log_path: Path,
-          timeout: float = 240) -> Iterator[Server]:
+          timeout: float = 240, workers: int = 1) -> Iterator[Server]:
     """Start the API, wait until /ready answers 200 (polling, bounded), stop it afterwards."""
     port = free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port",
-             str(port), "--workspace", str(workspace), "--store", store],
+             str(port), "--workspace", str(workspace), "--store", store, "--workers",
+             str(workers)],
             cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = Server(process, port, log_path)
@@ -259,8 +260,14 @@ def summarise(latencies: Sequence[float], statuses: Counter, seconds: float,
 
 
 def cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    """CPU seconds of the server: the process and its workers (`--workers N`)."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for p in (process, *process.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            times = p.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def closed_loop(port: int, server_pid: int, paths: Sequence[str], concurrency: int,

@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,38 @@ def test_workers_share_the_store_and_see_each_others_events(copy) -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
+
+
+BULK_LOAD = """
+import sys
+import pandas as pd
+from kg.embedded import EmbeddedStore
+from kg.schema import INTERACTED, PRODUCT, USER, GraphBatch
+n = int(sys.argv[2])
+batch = GraphBatch()
+batch.add_nodes(PRODUCT, pd.DataFrame({"id": [f"bulk{i}" for i in range(n)], "title": "bulk"}))
+batch.add_nodes(USER, pd.DataFrame({"id": [f"bu{i}" for i in range(n // 10)]}))
+batch.add_rels(INTERACTED, pd.DataFrame({"source": [f"bu{i % (n // 10)}" for i in range(n)],
+                                         "target": [f"bulk{i}" for i in range(n)],
+                                         "kind": "view", "count": 1, "ts": 5}))
+EmbeddedStore(sys.argv[1]).load(batch)
+print("loaded")
+"""
+
+
+def test_reads_keep_serving_while_another_process_bulk_loads(copy) -> None:
+    """A bulk load holds the store's write lock for seconds; reads go on from the last
+    committed state (WAL), and see the new rows once it commits."""
+    with TestClient(app_over(copy)) as c:
+        loader = subprocess.Popen([sys.executable, "-c", BULK_LOAD, str(copy / "graph"),
+                                   "300000"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        statuses: Counter = Counter()
+        during = 0
+        while loader.poll() is None:
+            statuses[c.get("/products/p1").status_code] += 1
+            statuses[c.get("/graph/neighbourhood/Product/p2").status_code] += 1
+            if c.get("/products/bulk7").status_code == 404:
+                during += 1
+        assert loader.wait() == 0 and "loaded" in loader.stdout.read()
+        assert set(statuses) == {200} and during > 10, (statuses, during)
+        assert c.get("/products/bulk7").status_code == 200
