@@ -444,7 +444,7 @@ def run_load(args: argparse.Namespace, workspace: Path) -> dict[str, Any]:
         "users": len(work.users), "products": len(work.products),
         "queries": len(work.queries), "query_examples": work.queries[:5]}}
     with serve(workspace, "embedded", {"SHOPGRAPH_API_KEY": API_KEY},
-               WORK / "logs" / "api-load.log") as server:
+               WORK / "logs" / "api-load.log", workers=args.workers) as server:
         for endpoint in ENDPOINTS:
             paths = work.paths[endpoint]
             print(f"load: {endpoint} warm-up (every sampled id once) ...", file=sys.stderr,
@@ -855,7 +855,8 @@ def markdown(results: dict[str, Any]) -> str:
     load = results.get("load")
     if load:
         lines += ["## Load", "",
-                  "One `shopgraph serve` process (uvicorn, embedded store) on loopback; the "
+                  f"`shopgraph serve --workers {results.get('workers', 1)}` (uvicorn, embedded "
+                  "store) on loopback; the "
                   "client is this Python process on the same 2 cores (threads, one keep-alive "
                   "connection per worker, closed loop). CPU = cores busy on average.", "",
                   "| endpoint | concurrency | requests | errors | req/s | p50 ms | p99 ms | "
@@ -981,6 +982,8 @@ def main() -> None:
     parser.add_argument("--outage-s", type=float, default=40,
                         help="least seconds Neo4j stays down (longer until a 503 is seen)")
     parser.add_argument("--after-s", type=float, default=10)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="`shopgraph serve --workers` for the load part (default 1)")
     parser.add_argument("--out", default="serve")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -989,7 +992,7 @@ def main() -> None:
         "machine": machine_line(),
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
         "command": "python benchmarks/serve.py " + " ".join(sys.argv[1:]),
-        "dataset": args.dataset,
+        "dataset": args.dataset, "workers": args.workers,
         "workspace": prepare_workspace(args.dataset, workspace, args.data_dir),
     }
 
