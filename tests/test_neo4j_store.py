@@ -9,12 +9,13 @@ import kg
 from kg.embedded import EmbeddedStore
 from kg.export import export_graph
 from kg.neo4j_store import Neo4jSettings, Neo4jStore
+from tests.event_conformance import EventConformance
 from tests.store_conformance import StoreConformance, sample_batch, snapshot
 
 pytestmark = pytest.mark.neo4j
 
 
-class TestNeo4jStore(StoreConformance):
+class TestNeo4jStore(StoreConformance, EventConformance):
     @pytest.fixture
     def store(self, neo4j_store: Neo4jStore) -> Neo4jStore:
         return neo4j_store
