@@ -101,6 +101,7 @@ EVENT_LOCK_STRIPES = 64  # events of one user share a lock; bounded however many
 EVENT_JOURNAL = 100_000  # live events kept to replay onto a reloaded recommender
 EVENT_WRITERS = 16  # threads for POST /events, apart from the shared pool that reads run in
 EVENT_POLL_S = 0.2  # how often a server picks up events other processes wrote to the store
+EVENT_POLL_MAX_BACKOFF_S = 10.0  # longest pause between polls while the store is down
 MAX_EVENT_BATCH = 5_000  # events in one POST /events/batch
 PERSONAL_WEIGHT = 0.3  # most a user's taste moves a search hit, as a share of the score range
 RECOMMENDER_HEADER = "X-Recommender-Version"
@@ -473,11 +474,17 @@ class Services:
         stop = threading.Event()
 
         def run() -> None:
-            while not stop.wait(interval_s):
+            pause = interval_s
+            while not stop.wait(pause):
                 try:
                     self.follow_events()
+                    pause = interval_s
                 except Exception as exc:  # noqa: BLE001 - logged; the next poll retries
-                    log.warning("following the store's events failed: %s", exc)
+                    # back off while the store is down: a restarting Neo4j counts rapid
+                    # reconnects against its authentication rate limit
+                    pause = min(pause * 2, EVENT_POLL_MAX_BACKOFF_S)
+                    log.warning("following the store's events failed (next try in %.1f s): "
+                                "%s", pause, exc)
 
         thread = threading.Thread(target=run, name="event-follower", daemon=True)
         self._follower = (thread, stop)
@@ -595,7 +602,7 @@ def create_app(
     warm: bool = True,
     recommender: RecommendationService | None = None,
     load_recommender: bool = True,
-    follow_events: bool = True,
+    follow_events: bool | None = None,
 ) -> FastAPI:
     """The shopgraph HTTP app.
 
@@ -605,8 +612,11 @@ def create_app(
     without that part (then POST /admin/reload). `personaliser` overrides the default search
     personalisation, which re-ranks by the loaded recommender (see `personalise`).
     `follow_events` polls the store's event log while the app runs, so events that other
-    processes (the other `--workers`, a batch import) write reach this one's recommendations.
+    processes (the other `--workers`, a batch import) write reach this one's recommendations;
+    default `SHOPGRAPH_FOLLOW_EVENTS` (set to 1 by `shopgraph serve --workers N`), else off.
     """
+    if follow_events is None:
+        follow_events = os.environ.get("SHOPGRAPH_FOLLOW_EVENTS", "0") == "1"
     workspace = Path(workspace) if workspace is not None else default_workspace()
     services = Services(workspace, store, store_kind or default_store_kind(), warm=warm)
     if search is not None:

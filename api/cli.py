@@ -285,6 +285,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             os.environ["SHOPGRAPH_WORKSPACE"] = str(args.workspace)
         if args.store is not None:
             os.environ["SHOPGRAPH_STORE"] = args.store
+        os.environ["SHOPGRAPH_FOLLOW_EVENTS"] = "1"
         base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}"
         print(f"shopgraph API on {base}:{args.port} ({args.workers} worker processes over one "
               "workspace and store; each picks up the others' events within "

@@ -88,7 +88,8 @@ def test_a_retried_event_answers_200_and_counts_once(copy) -> None:
 def test_a_second_app_on_the_store_picks_up_the_events_of_the_first(copy) -> None:
     """Two server processes share a store: what one records reaches the other's next
     recommendations through the store's event log (here two apps in one process)."""
-    with TestClient(app_over(copy)) as writer, TestClient(app_over(copy)) as reader:
+    with TestClient(app_over(copy, follow_events=True)) as writer, \
+            TestClient(app_over(copy, follow_events=True)) as reader:
         before = [i["id"] for i in reader.get("/users/u1/recommendations").json()["items"]]
         top = before[0]
         assert writer.post("/events", json={"user_id": "u1", "product_id": top,
