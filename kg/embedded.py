@@ -353,13 +353,7 @@ class EmbeddedStore(GraphStore):
         conn = self._connection()
         if len(wanted) > IN_LIMIT:
             return wanted & {r[0] for r in conn.execute(f"SELECT id FROM {table}")}
-        ordered = list(wanted)
-        found: set[str] = set()
-        for start in range(0, len(ordered), 900):
-            chunk = ordered[start:start + 900]
-            found.update(r[0] for r in conn.execute(
-                f"SELECT id FROM {table} WHERE id IN ({', '.join('?' * len(chunk))})", chunk))
-        return found
+        return self._present(conn, table, wanted)
 
     def node_table(self, label: str) -> pd.DataFrame:
         with self._snapshot() as conn:
