@@ -33,7 +33,7 @@ import pandas as pd
 
 from encoders.joint import JointConfig, JointSpace
 from kg.export import export_graph, product_catalog
-from kg.schema import ATTRIBUTE, CATEGORY
+from kg.schema import ATTRIBUTE, BRAND, CATEGORY
 from kg.store import GraphStore
 
 CONTENT_DIR = ("artifacts", "content")
@@ -93,6 +93,7 @@ class ContentArtifacts:
     joint: JointSpace | None = None
     joint_vectors: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    brands: pd.DataFrame | None = None  # Brand nodes (names, aliases); None in older builds
 
     @property
     def ids(self) -> list[str]:
@@ -128,6 +129,7 @@ class ContentArtifacts:
             image_features=take(self.image_features), has_image=take(self.has_image),
             joint=self.joint, joint_vectors=take(self.joint_vectors),
             attributes=self.attributes, categories=self.categories, meta=dict(self.meta),
+            brands=self.brands,
         )
 
     def save(self, directory: Path) -> None:
@@ -138,6 +140,8 @@ class ContentArtifacts:
         self.catalog.to_parquet(tmp / "catalog.parquet", index=False)
         self.attributes.to_parquet(tmp / "attributes.parquet", index=False)
         self.categories.to_parquet(tmp / "categories.parquet", index=False)
+        if self.brands is not None:
+            self.brands.to_parquet(tmp / "brands.parquet", index=False)
         (tmp / "documents.json").write_text(json.dumps(self.documents, ensure_ascii=False))
         arrays = (self.text_vectors, self.image_features, self.has_image, self.joint_vectors)
         if not self.lexical:
@@ -172,6 +176,8 @@ class ContentArtifacts:
             documents=json.loads((directory / "documents.json").read_text()),
             attributes=pd.read_parquet(directory / "attributes.parquet"),
             categories=pd.read_parquet(directory / "categories.parquet"),
+            brands=(pd.read_parquet(directory / "brands.parquet")
+                    if (directory / "brands.parquet").exists() else None),
             meta=meta, **vectors,
         )
 
@@ -210,6 +216,7 @@ def build_lexical(store: GraphStore, workspace: Path) -> ContentArtifacts:
     artifacts = ContentArtifacts(
         catalog=catalog, documents=catalog_documents(catalog),
         attributes=store.node_table(ATTRIBUTE), categories=store.node_table(CATEGORY),
+        brands=store.node_table(BRAND),
         meta={"mode": LEXICAL, "products": len(catalog)},
     )
     artifacts.meta["seconds"] = round(time.perf_counter() - started, 1)
@@ -280,6 +287,7 @@ def build_content(
         image_features=image_features, has_image=has_image, joint=joint,
         joint_vectors=joint_vectors,
         attributes=store.node_table(ATTRIBUTE), categories=store.node_table(CATEGORY),
+        brands=store.node_table(BRAND),
         meta={
             "mode": FULL, "text_encoder": text.name, "image_encoder": images.name,
             "text_spec": text_encoder, "image_spec": image_encoder,

@@ -1,17 +1,31 @@
 """Query understanding: map the words of a query (Chinese or English) to knowledge-graph nodes.
 
-The graph carries English and Chinese names for attribute values and categories (see
-`kg/lexicons`). A query such as "黑色 男士 运动鞋" or "black sports shoes for men" is scanned for
-those names, longest match first, and becomes constraints (colour=Black, gender=Men,
-articleType=Sports Shoes) plus an English rendering ("Black Men Sports Shoes") that lexical and
-dense retrieval can use. This is how a Chinese query reaches an English catalog.
+The graph carries names for attribute values, categories and brands: the English value, Chinese
+names (`names_zh`, see `kg/lexicons`) and aliases in any language (`aliases`: synonyms such as
+"hoodie" for Sweatshirts, "husband" for Men, transliterations such as 耐克 for Nike), which a
+merchant extends through the generic loader (`aliases.csv`). A query is read in steps, each of
+which generalises beyond the listed names:
+
+1. Unicode NFKC (full-width letters) and traditional -> simplified Chinese (OpenCC), first;
+2. Chinese names and aliases, longest first; English word n-grams against stemmed names, also
+   written together or apart ("sun glasses", "flipflops", "t-shirt");
+3. spelling correction of words the catalog does not use (SymSpell edit distance over the
+   products' words and the graph's names), and one-character corrections of Chinese names;
+4. filler ("I need a pair of ... for my", "我想买一双") is dropped from the search text;
+5. words still unknown are embedded and mapped to the nearest graph name when the dense model is
+   confident (similarity and margin over the runner-up).
+
+The result is constraints (colour=Black, gender=Men, category=Sports Shoes, brand=Nike), an English
+rendering, and a record of every step so search can explain how it read the query.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -35,6 +49,26 @@ class ParsedQuery:
     groups: list[list[Concept]] = field(default_factory=list)  # one group per mapped phrase
     english: str = ""
     matched: list[str] = field(default_factory=list)  # the query phrases that were mapped
+    normalised: str = ""  # after NFKC and traditional -> simplified Chinese
+    corrections: list[tuple[str, str]] = field(default_factory=list)  # (typed, corrected)
+    mappings: list[dict[str, object]] = field(default_factory=list)  # phrase -> concept, via
+    dropped: list[str] = field(default_factory=list)  # filler left out of the search text
+    search_text: str = ""  # what BM25 and the dense model are given (no filler)
+    unknown: list[str] = field(default_factory=list)  # words no step could map
+
+    def explain(self) -> dict[str, object]:
+        """How the query was understood, for `GET /search` and `shopgraph search --explain`."""
+        return {
+            "english": self.english, "matched": self.matched,
+            "concepts": [[c.kind, c.value] for c in self.concepts],
+            "normalised": self.normalised,
+            "converted_script": _CJK.search(self.text) is not None
+            and self.normalised != unicodedata.normalize("NFKC", self.text).lower(),
+            "corrections": [{"typed": a, "corrected": b} for a, b in self.corrections],
+            "mappings": self.mappings, "dropped": self.dropped,
+            "constraints": [[[c.kind, c.value] for c in g] for g in self.groups],
+            "search_text": self.search_text, "unknown": self.unknown,
+        }
 
     @property
     def concepts(self) -> list[Concept]:
@@ -58,87 +92,392 @@ def _stem(word: str) -> str:
     return word
 
 
+
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’\-]*")
 _CJK = re.compile(r"[\u3400-\u9fff]")
+_CJK_RUN = re.compile(r"[\u3400-\u9fff]+")
+
+# Function words and shopping filler: never a constraint, left out of the search text.
+ENGLISH_FILLER = frozenset("""
+a an the and or of for to in on at by with from my our your his her their me us him them i i'm
+im we you he she it they is are am be was were do does did can could would will should may might
+need needs want wants wanted wanting looking look find show give get got buy buying shop shopping
+searching search please pair pairs some any something anything one ones kind kinds sort type
+types like love loves would like which what where who that this these those there here have has
+had sell sells selling good nice new best really very just also too so but if as about around
+wear wearing wore use using used go going gift gifts present for get little
+""".split())
+CHINESE_FILLER = (
+    "我想要", "我想买", "我想", "想要", "我要", "帮我找", "帮我", "请推荐", "推荐", "有没有",
+    "有哪些", "有什么", "哪些", "需要", "适合", "参加", "送给", "喜欢", "一双", "一条", "一件",
+    "一个", "一瓶", "一块", "一副", "几双", "几件", "几条", "我家", "请", "想", "要", "买", "给",
+    "找", "挑", "吗", "呢", "吧", "的", "了", "穿", "戴", "用", "会", "新", "双", "条", "件",
+    "个", "瓶", "块", "副", "我", "你", "上", "去", "在", "和", "与", "都", "很", "点",
+)
+MIN_EMBED_SCORE = 0.83  # cosine of an unknown word to its nearest graph name (E5 queries)
+MIN_EMBED_MARGIN = 0.03  # ... and its lead over the nearest name of another concept
+MIN_BRAND_PRODUCTS = 20  # brands with fewer products are not embedding targets (startup cost)
+
+
+def normalise(text: str) -> str:
+    """NFKC (full-width letters, compatibility forms), lower case, traditional -> simplified."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    if _CJK.search(text):
+        text = _t2s()(text)
+    return text
+
+
+@lru_cache(maxsize=1)
+def _t2s() -> Callable[[str], str]:
+    import opencc
+
+    return opencc.OpenCC("t2s").convert
+
+
+def _names(value: object) -> list[str]:
+    """The "|"-separated names of a `names_zh` or `aliases` property (nulls give none)."""
+    if not isinstance(value, str):
+        return []
+    return [n.strip() for n in value.split("|") if n.strip()]
 
 
 class QueryUnderstanding:
-    """Maps query phrases to Concepts using node names taken from the graph."""
+    """Maps query phrases to Concepts using node names and aliases taken from the graph."""
 
     def __init__(self, english: dict[tuple[str, ...], set[Concept]],
-                 chinese: dict[str, set[Concept]]) -> None:
+                 chinese: dict[str, set[Concept]], vocabulary: Iterable[str] = (),
+                 aliases: Iterable[str] = (), embed: Callable[[list[str]], np.ndarray] | None
+                 = None, min_score: float = MIN_EMBED_SCORE,
+                 min_margin: float = MIN_EMBED_MARGIN) -> None:
         self._english = english
         # the longest name known, so a long rendered name ("RICE - DRY BAG AND BOX") still
         # matches whole rather than as its first words ("DRY")
         self._max_words = max(map(len, english), default=1)
+        # names written together ("sunglasses" for "sun glasses", "flipflops")
+        self._joined: dict[str, set[Concept]] = {}
+        for words, concepts in english.items():
+            joined = "".join(words)
+            if len(joined) >= 4:
+                self._joined.setdefault(joined, set()).update(concepts)
         self._chinese_names = sorted(chinese, key=lambda name: (-len(name), name))
         self._chinese_lookup = chinese
+        self._aliases = {normalise(a) for a in aliases}  # names that are aliases, not values
+        self._vocabulary = {_stem(w) for w in vocabulary} | {w for k in english for w in k}
+        self._speller: object | None = None
+        self._speller_words = {w.lower() for w in vocabulary if w.isalpha()} | {
+            w for key in english for w in key if w.isalpha()}
+        self._wildcards: dict[str, set[str]] | None = None
+        self.embed = embed
+        self.min_score, self.min_margin = min_score, min_margin
+        self._targets: tuple[list[Concept], np.ndarray] | None = None
+        self.small_brands: set[Concept] = set()  # not worth embedding (see MIN_BRAND_PRODUCTS)
 
     @classmethod
-    def from_graph(cls, attributes: pd.DataFrame, categories: pd.DataFrame
+    def from_graph(cls, attributes: pd.DataFrame, categories: pd.DataFrame,
+                   brands: pd.DataFrame | None = None, vocabulary: Iterable[str] = (),
+                   embed: Callable[[list[str]], np.ndarray] | None = None
                    ) -> QueryUnderstanding:
-        """From Attribute nodes (kind, value, names_zh) and Category nodes (name, names_zh)."""
+        """From Attribute (kind, value), Category (name) and Brand (name) nodes, each with
+        optional `names_zh` and `aliases`; `vocabulary` is the products' words (for spelling)."""
         english: dict[tuple[str, ...], set[Concept]] = {}
         chinese: dict[str, set[Concept]] = {}
+        aliases: list[str] = []
 
-        def add(concept: Concept, names_zh: object) -> None:
-            words = tuple(_stem(w) for w in _WORD.findall(concept.value))
+        def add_name(concept: Concept, name: str) -> None:
+            name = normalise(name)
+            if _CJK.search(name):
+                chinese.setdefault(name, set()).add(concept)
+                return
+            words = tuple(_stem(w) for w in _WORD.findall(name))
             if words:
                 english.setdefault(words, set()).add(concept)
-            if isinstance(names_zh, str):
-                for name in names_zh.split("|"):
-                    if name.strip():
-                        chinese.setdefault(name.strip().lower(), set()).add(concept)
+
+        def add(concept: Concept, row: dict) -> None:
+            if concept.kind != "brand" or (len(concept.value) >= 3
+                                           and concept.value.lower() not in ENGLISH_FILLER):
+                add_name(concept, concept.value)
+            for name in _names(row.get("names_zh")) + _names(row.get("aliases")):
+                add_name(concept, name)
+                aliases.append(name)
 
         for row in attributes.to_dict("records"):
             kind, value = row.get("kind"), row.get("value")
             if isinstance(kind, str) and isinstance(value, str) and not value.isdigit():
-                add(Concept(kind, value), row.get("names_zh"))
+                add(Concept(kind, value), row)
         for row in categories.to_dict("records"):
             if isinstance(row.get("name"), str):
-                add(Concept(CATEGORY_KIND, row["name"]), row.get("names_zh"))
-        return cls(english, chinese)
+                add(Concept(CATEGORY_KIND, row["name"]), row)
+        if brands is not None and "name" in brands:
+            for row in brands.to_dict("records"):
+                if isinstance(row.get("name"), str) and row["name"].strip():
+                    add(Concept("brand", row["name"].strip()), row)
+        understanding = cls(english, chinese, vocabulary=vocabulary, aliases=aliases,
+                            embed=embed)
+        if brands is not None and {"name", "products"} <= set(brands.columns):
+            small = brands[brands["products"].fillna(0) < MIN_BRAND_PRODUCTS]["name"]
+            understanding.small_brands = {Concept("brand", str(n).strip()) for n in small}
+        return understanding
 
-    def parse(self, text: str) -> ParsedQuery:
-        """Concepts named in `text` (longest phrases first) and an English rendering."""
-        parsed = ParsedQuery(text=text)
-        rendered = text
-        # Chinese: substring matches, longest names first, without overlaps
-        if _CJK.search(text):
-            taken = np.zeros(len(text), dtype=bool)
-            spans: list[tuple[int, int, str]] = []
-            lowered = text.lower()
+    # ---- steps -------------------------------------------------------------------------------
+    def _via(self, phrase: str) -> str:
+        return "alias" if normalise(phrase) in self._aliases else "name"
+
+    def _correct(self, word: str) -> str | None:
+        """The closest catalog word to an unknown English word (SymSpell), or None."""
+        if len(word) < 4 or not word.isalpha():
+            return None
+        if self._speller is None:
+            from symspellpy import SymSpell
+
+            speller = SymSpell(max_dictionary_edit_distance=2, prefix_length=7)
+            for w in self._speller_words:
+                speller.create_dictionary_entry(w, 1)
+            self._speller = speller
+        from symspellpy import Verbosity
+
+        distance = 1 if len(word) <= 5 else 2
+        found = self._speller.lookup(word, Verbosity.CLOSEST, max_edit_distance=distance)
+        # prefer a graph name among equally close words: "sandles" -> "sandals", not "candles"
+        best = sorted(found, key=lambda s: (s.distance, (_stem(s.term),) not in self._english
+                                            and _stem(s.term) not in self._joined, -s.count))
+        return best[0].term if best and best[0].term != word else None
+
+    def _correct_chinese(self, text: str, exact: list[tuple[int, int, str]]
+                         ) -> list[tuple[int, int, str]]:
+        """Spans of `text` one character away from a Chinese name, where the two characters
+        sound alike (a pinyin keyboard's wrong pick: 运东鞋 -> 运动鞋, 高根鞋 -> 高跟鞋), when
+        exactly one concept fits.
+
+        The wrong character must be one no name covers, and a name found inside the window
+        (鞋 in 高根鞋) gives way only to the longer corrected one.
+        """
+        if self._wildcards is None:
+            self._wildcards = {}
             for name in self._chinese_names:
-                start = lowered.find(name)
-                while start >= 0:
-                    end = start + len(name)
-                    if not taken[start:end].any():
+                if len(name) >= 2 and _CJK.fullmatch(name[0]) and _CJK.search(name):
+                    for i in range(len(name)):
+                        self._wildcards.setdefault(name[:i] + "?" + name[i + 1:], set()).add(name)
+        covered = np.zeros(len(text), dtype=bool)
+        for start, end, _ in exact:
+            covered[start:end] = True
+        spans: list[tuple[int, int, str]] = []
+        taken = np.zeros(len(text), dtype=bool)
+        for run in _CJK_RUN.finditer(text):
+            for length in range(min(len(run[0]), 6), 1, -1):
+                for start in range(run.start(), run.end() - length + 1):
+                    end = start + length
+                    if taken[start:end].any() or not (~covered[start:end]).any():
+                        continue
+                    if any(a < end and start < b and not (start <= a and b <= end)
+                           for a, b, _ in exact):
+                        continue  # would cut a name in two
+                    window = text[start:end]
+                    fits = {name for i in range(length) if not covered[start + i]
+                            for name in self._wildcards.get(
+                                window[:i] + "?" + window[i + 1:], ())
+                            if _sound(name[i]) == _sound(window[i])}
+                    if len({frozenset(self._chinese_lookup[n]) for n in fits}) == 1:
                         taken[start:end] = True
-                        spans.append((start, end, name))
-                    start = lowered.find(name, end)
-            for start, end, name in sorted(spans, reverse=True):
-                value = _display(self._chinese_lookup[name])
-                rendered = f"{rendered[:start]} {value} {rendered[end:]}"
-                parsed.matched.append(name)  # its concepts join via the English pass below
-        # English: word n-grams against stemmed node names, longest first
-        words = [(m.group(0), _stem(m.group(0))) for m in _WORD.finditer(rendered)]
+                        spans.append((start, end, sorted(fits)[0]))
+        return spans
+
+    def _targets_matrix(self) -> tuple[list[Concept], np.ndarray] | None:
+        """Every graph value, embedded once (E5 query side), for mapping unknown words."""
+        if self._targets is None and self.embed is not None:
+            concepts = sorted({c for group in self._english.values() for c in group
+                               if c not in self.small_brands}, key=_order)
+            if not concepts:
+                return None
+            vectors = np.asarray(self.embed([c.value for c in concepts]), dtype=np.float32)
+            self._targets = (concepts, vectors)
+        return self._targets
+
+    def prepare(self) -> None:
+        """Embed the graph's names now (a server does it before its first query)."""
+        self._targets_matrix()
+
+    def _nearest(self, phrases: list[str]) -> list[tuple[Concept, float] | None]:
+        """The graph value each phrase means, when the dense model is confident, else None."""
+        targets = self._targets_matrix()
+        if targets is None or not phrases:
+            return [None] * len(phrases)
+        concepts, vectors = targets
+        scores = np.asarray(self.embed(phrases), dtype=np.float32) @ vectors.T
+        out: list[tuple[Concept, float] | None] = []
+        for row in scores:
+            order = np.argsort(-row)[:2]
+            best, second = float(row[order[0]]), float(row[order[1]]) if len(order) > 1 else 0.0
+            ok = best >= self.min_score and best - second >= self.min_margin
+            out.append((concepts[order[0]], round(best, 4)) if ok else None)
+        return out
+
+    # ---- the parse ---------------------------------------------------------------------------
+    def parse(self, text: str, embed_unknown: bool = True) -> ParsedQuery:
+        """Concepts named in `text`, an English rendering, and how each was found."""
+        normalised = normalise(text)
+        parsed = ParsedQuery(text=text, normalised=normalised)
+        rendered = normalised
+        unknown_cjk: list[str] = []
+        if _CJK.search(normalised):
+            rendered, unknown_cjk = self._chinese(normalised, parsed)
+        words = []
+        for m in _WORD.finditer(rendered):
+            word = m.group(0)
+            known = _stem(word) in self._vocabulary or _stem(word) in self._joined
+            # "sports-shoes", "tee-shirts": the parts, unless the hyphenated word is known
+            words.extend([word] if known or "-" not in word else
+                         [p for p in word.split("-") if p])
+        # spelling: only words neither the catalog nor the graph uses, and not filler
+        fixed: list[str] = []
+        stems = [_stem(w) for w in words]
+        for i, word in enumerate(words):
+            low = word.lower()
+            # part of a name written apart ("sweat shirts", "sun glasses") is no typo
+            apart = any("".join(stems[a:a + n]) in self._joined
+                        for n in (2, 3) for a in range(max(0, i - n + 1), i + 1)
+                        if a + n <= len(stems))
+            if (apart or low in ENGLISH_FILLER or stems[i] in self._vocabulary
+                    or stems[i] in self._joined):
+                fixed.append(word)
+                continue
+            corrected = self._correct(low)
+            if corrected is not None:
+                parsed.corrections.append((word, corrected))
+                fixed.append(corrected)
+            else:
+                fixed.append(word)
+        english_words, residual = self._english_ngrams(fixed, parsed)
+        unknown = [w for w in residual if w.lower() not in ENGLISH_FILLER]
+        if unknown and embed_unknown and self.embed is not None:
+            self._embed_unknown(unknown, parsed, english_words)
+        else:
+            parsed.unknown.extend(w for w in unknown if _stem(w) not in self._vocabulary)
+        if unknown_cjk and embed_unknown and self.embed is not None:
+            self._embed_unknown(unknown_cjk, parsed, english_words, chinese=True)
+        elif unknown_cjk:
+            parsed.unknown.extend(unknown_cjk)
+        parsed.english = (" ".join(rendered.split()) if _CJK.search(normalised)
+                          else " ".join(w for w, _ in english_words))
+        # nothing understood: the dense model still reads the (simplified) text as typed
+        parsed.search_text = " ".join(w for w, keep in english_words if keep) or normalised
+        return parsed
+
+    def _chinese(self, text: str, parsed: ParsedQuery) -> tuple[str, list[str]]:
+        """Chinese names (longest first, then one-character corrections) rendered in English;
+        returns the rendering and the unknown runs left once filler is taken out."""
+        exact: list[tuple[int, int, str]] = []
+        taken = np.zeros(len(text), dtype=bool)
+        for name in self._chinese_names:
+            start = text.find(name)
+            while start >= 0:
+                end = start + len(name)
+                if not taken[start:end].any():
+                    taken[start:end] = True
+                    exact.append((start, end, name))
+                start = text.find(name, end)
+        fixed = self._correct_chinese(text, exact)
+        for start, end, name in fixed:
+            parsed.corrections.append((text[start:end], name))
+        spans = fixed + [(a, b, n) for a, b, n in exact
+                         if not any(a < e and s < b for s, e, _ in fixed)]
+        rendered = text
+        for start, end, name in sorted(spans, reverse=True):
+            concepts = self._chinese_lookup[name]
+            rendered = f"{rendered[:start]} {_display(concepts)} {rendered[end:]}"
+            if name not in parsed.matched:
+                parsed.matched.append(name)
+                for concept in sorted(concepts, key=_order):
+                    parsed.mappings.append({"phrase": name, "kind": concept.kind,
+                                            "value": concept.value, "via": self._via(name)})
+        unknown = []
+        for run in _CJK_RUN.findall(rendered):
+            kept = _strip_chinese_filler(run)
+            dropped = run if not kept else None
+            if dropped:
+                parsed.dropped.append(dropped)
+            elif len(kept) >= 2:
+                unknown.append(kept)
+                if kept != run:
+                    parsed.dropped.append(run)
+        return rendered, unknown
+
+    def _english_ngrams(self, words: list[str], parsed: ParsedQuery
+                        ) -> tuple[list[tuple[str, bool]], list[str]]:
+        """Word n-grams against stemmed names (apart or written together), longest first.
+        Returns the rendering as (word, kept in the search text) and the unmapped words."""
+        stems = [_stem(w) for w in words]
+        out: list[tuple[str, bool]] = []
+        residual: list[str] = []
         i = 0
         while i < len(words):
-            for n in range(min(self._max_words, len(words) - i), 0, -1):
-                key = tuple(stem for _, stem in words[i:i + n])
-                if key in self._english:
-                    group = sorted(self._english[key], key=_order)
-                    if group not in parsed.groups:
-                        parsed.groups.append(group)
-                    phrase = " ".join(w for w, _ in words[i:i + n])
-                    if phrase not in parsed.matched:
-                        parsed.matched.append(phrase)
-                    i += n
-                    break
+            for n in range(min(max(self._max_words, 3), len(words) - i), 0, -1):
+                key = tuple(stems[i:i + n])
+                concepts = self._english.get(key) or (self._joined.get("".join(key))
+                                                     if n > 1 or len(key[0]) >= 4 else None)
+                if key == ("",) or not concepts:
+                    continue
+                exact = key in self._english
+                group = sorted(concepts, key=_order)
+                if group not in parsed.groups:
+                    parsed.groups.append(group)
+                phrase = " ".join(words[i:i + n])
+                via = self._via(phrase)
+                if any(w.lower() in {b for _, b in parsed.corrections} for w in words[i:i + n]):
+                    via = "spelling"
+                if phrase not in parsed.matched:
+                    parsed.matched.append(phrase)
+                    for concept in group:
+                        parsed.mappings.append({"phrase": phrase, "kind": concept.kind,
+                                                "value": concept.value, "via": via})
+                if via == "name" and exact:
+                    out.extend((w, True) for w in words[i:i + n])
+                else:
+                    out.append((_display(set(group)), True))
+                i += n
+                break
             else:
+                word = words[i]
+                filler = word.lower() in ENGLISH_FILLER
+                if filler:
+                    parsed.dropped.append(word)
+                else:
+                    residual.append(word)
+                out.append((word, not filler))
                 i += 1
-        parsed.english = " ".join(rendered.split())
-        return parsed
+        return out, residual
+
+    def _embed_unknown(self, phrases: list[str], parsed: ParsedQuery,
+                       out: list[tuple[str, bool]], chinese: bool = False) -> None:
+        phrases = [p for p in phrases if chinese or _stem(p) not in self._vocabulary]
+        for phrase, found in zip(phrases, self._nearest(phrases), strict=True):
+            if found is None:
+                parsed.unknown.append(phrase)
+                continue
+            concept, score = found
+            if [concept] not in parsed.groups:
+                parsed.groups.append([concept])
+            parsed.matched.append(phrase)
+            parsed.mappings.append({"phrase": phrase, "kind": concept.kind,
+                                    "value": concept.value, "via": "embedding",
+                                    "score": score})
+            if chinese:
+                out.append((concept.value, True))
+            else:
+                out[:] = [(concept.value, True) if w == phrase else (w, k) for w, k in out]
+
+
+@lru_cache(maxsize=65536)
+def _sound(char: str) -> str:
+    """A character's pinyin without tone: what a pinyin keyboard typed for it."""
+    from pypinyin import Style, lazy_pinyin
+
+    return "".join(lazy_pinyin(char, style=Style.NORMAL))
+
+
+def _strip_chinese_filler(text: str) -> str:
+    for word in CHINESE_FILLER:
+        text = text.replace(word, "")
+    return text
 
 
 def _order(concept: Concept) -> tuple[str, str]:

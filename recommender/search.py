@@ -86,8 +86,10 @@ class ProductSearch:
         self.fusion = fusion
         self.weights = dict(weights or DEFAULT_WEIGHTS)
         self._text_encoder, self._image_encoder = text_encoder, image_encoder
-        self.understanding = QueryUnderstanding.from_graph(artifacts.attributes,
-                                                           artifacts.categories)
+        self.understanding = QueryUnderstanding.from_graph(
+            artifacts.attributes, artifacts.categories, brands=_brands(artifacts),
+            vocabulary=_vocabulary(artifacts.documents),
+            embed=None if artifacts.lexical else self._embed_phrases)
         self._stemmer = _english_stemmer()
         self.bm25 = bm25s.BM25()
         self.bm25.index(bm25s.tokenize(artifacts.documents, stopwords="en",
@@ -176,15 +178,14 @@ class ProductSearch:
         if query and query.strip():
             parsed: ParsedQuery = self.understanding.parse(query.strip())
             groups = [list(g) for g in parsed.groups]
-            understood = {"english": parsed.english, "matched": parsed.matched,
-                          "concepts": [[c.kind, c.value] for c in parsed.concepts]}
+            understood = parsed.explain()
             if "bm25" in sources:
-                scores["bm25"] = self._bm25_scores(parsed.english)
+                scores["bm25"] = self._bm25_scores(parsed.search_text)
                 # lexically, a product sharing no word with the query is no candidate at all
                 candidates |= _top(scores["bm25"], self.candidates, allowed,
                                    positive=self.lexical)
             if "text" in sources or "image" in sources:
-                q = self._encode_query(parsed.english)
+                q = self._encode_query(parsed.search_text)
                 if "text" in sources:
                     scores["text"] = self.artifacts.text_vectors @ q[0]
                     candidates |= self._from_index(self.text_index, q, filters)
@@ -249,6 +250,16 @@ class ProductSearch:
             self._query_vectors[text] = self.text_encoder.encode_queries([text])
         return self._query_vectors[text]
 
+    def _embed_phrases(self, phrases: list[str]) -> np.ndarray:
+        """E5 query vectors for query understanding (unknown words, graph names), remembered."""
+        todo = [p for p in dict.fromkeys(phrases) if p not in self._query_vectors]
+        if todo:
+            for phrase, vector in zip(todo, self.text_encoder.encode_queries(todo), strict=True):
+                if len(self._query_vectors) >= QUERY_CACHE_SIZE:
+                    self._query_vectors.pop(next(iter(self._query_vectors)))
+                self._query_vectors[phrase] = vector[None, :]
+        return np.vstack([self._query_vectors[p] for p in phrases])
+
     def _from_index(self, index: Any, vectors: np.ndarray, filters: dict[str, str] | None
                     ) -> set[int]:
         found = index.search(vectors, k=self.candidates, filters=filters)[0]
@@ -286,6 +297,22 @@ class ProductSearch:
         if not names:
             return None
         return Concept("category", Counter(names).most_common(1)[0][0])
+
+
+def _brands(artifacts: ContentArtifacts) -> pd.DataFrame:
+    """Brand nodes (with aliases) when the build saved them, else the catalog's brand names."""
+    counts = artifacts.catalog.get("brand", pd.Series([], dtype=object)).dropna().value_counts()
+    if artifacts.brands is not None and "name" in artifacts.brands:
+        return artifacts.brands.assign(products=artifacts.brands["name"].map(counts).fillna(0))
+    return pd.DataFrame({"name": list(counts.index), "products": counts.to_numpy()})
+
+
+def _vocabulary(documents: list[str], min_count: int = 2) -> list[str]:
+    """Words in at least `min_count` product documents: what spelling correction may suggest."""
+    counts: Counter[str] = Counter()
+    for document in documents:
+        counts.update(set(_TOKEN.findall(document.lower())))
+    return [w for w, n in counts.items() if n >= min_count and not w.isdigit()]
 
 
 def _top(scores: np.ndarray, k: int, allowed: np.ndarray | None, positive: bool = False

@@ -133,7 +133,12 @@ def test_spot_checks(store: EmbeddedStore, raw_rows: list[list[str]]) -> None:
         "colour=Navy Blue", "season=Fall", "usage=Casual", "gender=Men", "year=2011"}
     assert store.get_node("Attribute", "colour=Navy Blue") == {
         "id": "colour=Navy Blue", "kind": "colour", "value": "Navy Blue",
-        "name_zh": "藏青色", "names_zh": "藏青色|海军蓝|藏蓝色"}
+        "name_zh": "藏青色", "names_zh": "藏青色|海军蓝|藏蓝色",
+        "aliases": "navy|dark blue|深蓝色|藏蓝色"}
+    # aliases (kg/lexicons/fashion_aliases.tsv) reach Brand and Category nodes too
+    assert "耐克" in store.get_node("Brand", "nike")["aliases"].split("|")
+    assert "hoodie" in store.get_node(
+        "Category", "Apparel > Topwear > Sweatshirts")["aliases"].split("|")
     assert store.get_node("Attribute", "usage=NA") is None
     # the one product without a year (nor season) has neither property nor attribute for them
     no_year = next(row[0] for row in raw_rows if row[7] == "")

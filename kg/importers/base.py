@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from kg.lexicons import load_lexicon
+from kg.lexicons import load_aliases, load_lexicon
 from kg.schema import (
     ATTRIBUTE,
+    BRAND,
     CATEGORY,
     HAS_ATTRIBUTE,
     IN_CATEGORY,
@@ -125,3 +126,57 @@ def add_chinese_names(batch: GraphBatch, lexicon: str, category_levels: Sequence
     if len(named):
         batch.add_nodes(CATEGORY, named[["id", *names]])
     return len(attributes) + len(named)
+
+
+BRAND_KIND = "brand"
+
+
+def alias_nodes(table: pd.DataFrame, batch: GraphBatch, category_levels: Sequence[str],
+                attribute_kinds: Collection[str]) -> dict[str, pd.DataFrame]:
+    """Rows of (id, aliases) per node label for an alias table of kind, value, aliases.
+
+    An attribute kind names the Attribute `kind=value`; `category_levels[d]` (or `category`,
+    any level) names the Categories called `value`; `brand` names the Brand whose id is the
+    lower-cased value. Only nodes in `batch` are named; aliases of one node are merged.
+    """
+    out: dict[str, pd.DataFrame] = {}
+    attributes = table[table["kind"].isin(list(attribute_kinds))]
+    attributes = attributes.assign(id=attributes["kind"] + "=" + attributes["value"])
+    out[ATTRIBUTE] = attributes[attributes["id"].isin(batch.node_frame(ATTRIBUTE)["id"])]
+    categories = batch.node_frame(CATEGORY)
+    levels = {kind: depth for depth, kind in enumerate(category_levels)}
+    named = table.iloc[0:0].assign(id=pd.Series(dtype="string"))
+    if {"name", "level"} <= set(categories.columns):
+        by_level = table[table["kind"].isin(levels)]
+        by_level = by_level.assign(level=by_level["kind"].map(levels))
+        any_level = table[table["kind"] == "category"]
+        named = pd.concat([
+            categories[["id", "name", "level"]].merge(
+                by_level, left_on=["name", "level"], right_on=["value", "level"]),
+            categories[["id", "name"]].merge(any_level, left_on="name", right_on="value"),
+        ])
+    out[CATEGORY] = named
+    brands = table[table["kind"] == BRAND_KIND]
+    brands = brands.assign(id=brands["value"].str.lower().str.split().str.join(" "))
+    out[BRAND] = brands[brands["id"].isin(batch.node_frame(BRAND).get("id", pd.Series()))]
+    merged = {}
+    for label, frame in out.items():
+        if len(frame):
+            merged[label] = frame.groupby("id", as_index=False)["aliases"].agg(
+                lambda names: "|".join(dict.fromkeys(
+                    n for joined in names for n in joined.split("|") if n)))
+    return merged
+
+
+def add_aliases(batch: GraphBatch, lexicon: str, category_levels: Sequence[str],
+                attribute_kinds: Collection[str]) -> int:
+    """Copy the alias lexicon `kg/lexicons/<lexicon>.tsv` onto the batch's nodes as `aliases`.
+
+    Call after categories, attributes and brands are added. Returns how many nodes were named.
+    """
+    table = load_aliases(lexicon, kinds={*category_levels, *attribute_kinds, BRAND_KIND,
+                                         "category"})
+    named = alias_nodes(table, batch, category_levels, attribute_kinds)
+    for label, frame in named.items():
+        batch.add_nodes(label, frame[["id", "aliases"]])
+    return sum(len(f) for f in named.values())

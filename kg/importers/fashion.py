@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from kg.importers.base import (
     ImportResult,
+    add_aliases,
     add_attributes,
     add_category_tree,
     add_chinese_names,
@@ -217,6 +218,8 @@ def build(data_dir: Path | None = None, progress: bool = False) -> ImportResult:
     stats["chinese_names"] = add_chinese_names(batch, "fashion_zh", CATEGORY_LEVELS,
                                                ATTRIBUTE_COLUMNS)
     stats.update(_brands(frame, batch))
+    stats["aliases"] = add_aliases(batch, "fashion_aliases", CATEGORY_LEVELS,
+                                   ATTRIBUTE_COLUMNS)
 
     notes = []
     if repaired:

@@ -22,9 +22,17 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from kg.importers.base import ImportResult, add_attributes, add_category_tree, require_columns
+from kg.importers.base import (
+    CATEGORY_PATH_SEPARATOR,
+    ImportResult,
+    add_attributes,
+    add_category_tree,
+    require_columns,
+)
 from kg.schema import (
+    ATTRIBUTE,
     BRAND,
+    CATEGORY,
     ENTITY,
     INTERACTED,
     INTERACTION_KINDS,
@@ -39,13 +47,14 @@ from kg.schema import (
     GraphBatch,
 )
 
-TABLES: tuple[str, ...] = ("products", "users", "interactions", "triples")
+TABLES: tuple[str, ...] = ("products", "users", "interactions", "triples", "aliases")
 FORMATS: tuple[str, ...] = ("csv", "jsonl")
 REQUIRED: dict[str, list[str]] = {
     "products": ["id"],
     "users": ["id"],
     "interactions": ["user_id", "product_id", "kind", "timestamp"],
     "triples": ["head", "relation", "tail"],
+    "aliases": ["kind", "value", "aliases"],
 }
 # columns of products.csv with a fixed meaning; every other column becomes Attribute nodes
 PRODUCT_FIELDS: tuple[str, ...] = (
@@ -70,7 +79,7 @@ def build(data_dir: Path | None, progress: bool = False) -> ImportResult:
     result = ImportResult("generic", batch)
     readers = {
         "products": _products, "users": _users,
-        "interactions": _interactions, "triples": _triples,
+        "interactions": _interactions, "triples": _triples, "aliases": _aliases,
     }
     for table, path in files.items():
         readers[table](path, batch, result, progress)
@@ -458,4 +467,56 @@ def _triples(path: Path, batch: GraphBatch, result: ImportResult, progress: bool
     _add_nodes(batch, ENTITY, [], [(k,) for k in entities])
     if triples:
         batch.add_rels(REL, pd.DataFrame(list(triples), columns=["source", "target", "type"]))
+    result.stats[path.name] = rows
+
+
+def _aliases(path: Path, batch: GraphBatch, result: ImportResult, progress: bool) -> None:
+    """Shoppers' words for graph nodes: `kind`, `value`, `aliases` ("|"-separated, any language).
+
+    kind `brand` names the Brand `value`; kind `category` the Category whose path or (for one in
+    this directory's products) name is `value`; any other kind the Attribute `kind=value`.
+    A node's aliases are the ones its rows list (several rows for one node are joined); loading
+    the file again replaces them, so the file is the merchant's list to edit.
+    """
+    file = str(path)
+    named: dict[tuple[str, str], dict[str, None]] = {}
+    categories = batch.node_frame(CATEGORY)
+    by_name: dict[str, list[str]] = {}
+    if {"id", "name"} <= set(categories.columns):
+        for cid, name in zip(categories["id"], categories["name"], strict=True):
+            by_name.setdefault(str(name), []).append(str(cid))
+    rows = 0
+    for line, row in _rows(path, REQUIRED["aliases"], progress):
+        rows += 1
+        kind = _required(row, "kind", file, line)
+        value = _required(row, "value", file, line)
+        names = [n.strip() for n in _required(row, "aliases", file, line).split("|")]
+        if not all(names):
+            raise DataError("empty alias between '|' separators", file=file, line=line,
+                            field="aliases")
+        if kind == "brand":
+            targets = [(BRAND, brand_id(value))]
+        elif kind == "category":
+            if CATEGORY_SEPARATOR in value:
+                ids = [CATEGORY_PATH_SEPARATOR.join(_category_parts(value, file, line))]
+            else:
+                ids = by_name.get(value, [])
+            if not ids:
+                raise DataError(f"category {value!r} is neither a path (A > B) nor a category "
+                                "of this directory's products", file=file, line=line,
+                                field="value")
+            targets = [(CATEGORY, cid) for cid in ids]
+        else:
+            targets = [(ATTRIBUTE, f"{kind}={value}")]
+        for target in targets:
+            named.setdefault(target, {}).update(dict.fromkeys(names))
+    for label in (ATTRIBUTE, CATEGORY, BRAND):
+        rows_for = [(node_id, "|".join(names)) for (lab, node_id), names in named.items()
+                    if lab == label]
+        if rows_for:
+            frame = pd.DataFrame(rows_for, columns=["id", "aliases"])
+            if label == ATTRIBUTE:
+                kinds, values = zip(*(i.split("=", 1) for i in frame["id"]), strict=True)
+                frame = frame.assign(kind=list(kinds), value=list(values))
+            batch.add_nodes(label, frame)
     result.stats[path.name] = rows

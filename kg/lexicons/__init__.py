@@ -49,3 +49,14 @@ def load_lexicon(name: str, kinds: Collection[str] | None = None) -> pd.DataFram
         rows.append({"kind": kind, "value": value, "name_zh": synonyms[0],
                      "names_zh": "|".join(synonyms)})
     return pd.DataFrame(rows, columns=["kind", "value", "name_zh", "names_zh"])
+
+
+def load_aliases(name: str, kinds: Collection[str] | None = None) -> pd.DataFrame:
+    """Columns `kind`, `value`, `aliases` ("|"-joined) from `kg/lexicons/<name>.tsv`.
+
+    Same format and checks as `load_lexicon` (DataError naming file, line and field); the kind
+    may also be `brand`. Aliases are in any language: query understanding routes Chinese ones
+    to its substring matcher and the rest to its word matcher.
+    """
+    table = load_lexicon(name, kinds)
+    return table.rename(columns={"names_zh": "aliases"})[["kind", "value", "aliases"]]

@@ -1,0 +1,164 @@
+"""Query understanding as shoppers type (issue 15): scripts, typos, filler, aliases that live in
+the graph (loaded by a merchant through the generic format), and embedding-mapped words."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kg.embedded import EmbeddedStore
+from kg.importers import load_dataset
+from kg.schema import DataError
+from recommender.content import build_lexical
+from recommender.query import Concept, QueryUnderstanding
+from recommender.search import ProductSearch
+
+PRODUCTS = [
+    # id, title, brand, category_path, colour, gender
+    ("p1", "Nike Men Black Running Shoes", "Nike", "Footwear > Shoes > Sports Shoes", "Black",
+     "Men"),
+    ("p2", "Nike Women Pink Running Shoes", "Nike", "Footwear > Shoes > Sports Shoes", "Pink",
+     "Women"),
+    ("p3", "Puma Men Black Hooded Sweatshirt", "Puma", "Apparel > Topwear > Sweatshirts",
+     "Black", "Men"),
+    ("p4", "Puma Women Grey Sweatshirt", "Puma", "Apparel > Topwear > Sweatshirts", "Grey",
+     "Women"),
+    ("p5", "Titan Men Silver Dial Watch", "Titan", "Accessories > Watches > Watches", "Silver",
+     "Men"),
+    ("p6", "Titan Women Gold Dial Watch", "Titan", "Accessories > Watches > Watches", "Gold",
+     "Women"),
+    ("p7", "Levis Men Blue Slim Jeans", "Levis", "Apparel > Bottomwear > Jeans", "Blue", "Men"),
+    ("p8", "Levis Women Black Skinny Jeans", "Levis", "Apparel > Bottomwear > Jeans", "Black",
+     "Women"),
+]
+ALIASES = [
+    ("category", "Sweatshirts", "hoodie|hoodies|卫衣"),
+    ("category", "Sports Shoes", "运动鞋|跑鞋"),
+    ("category", "Jeans", "牛仔裤"),
+    ("brand", "Nike", "耐克"),
+    ("gender", "Men", "husband|老公|男士"),
+    ("gender", "Women", "wife|老婆|女士"),
+    ("colour", "Black", "黑色"),
+]
+
+
+def write_shop(directory: Path, aliases: list[tuple[str, str, str]] = ALIASES) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "products.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "title", "brand", "category_path", "colour", "gender"])
+        writer.writerows(PRODUCTS)
+    with (directory / "aliases.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["kind", "value", "aliases"])
+        writer.writerows(aliases)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> ProductSearch:
+    """A merchant's catalog with aliases, loaded by the generic loader, searched lexically."""
+    root = tmp_path_factory.mktemp("shop")
+    store = EmbeddedStore(root / "ws" / "graph")
+    load_dataset("generic", store, write_shop(root / "data"))
+    return ProductSearch(build_lexical(store, root / "ws"))
+
+
+def test_aliases_from_the_generic_loader_live_on_graph_nodes(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "g")
+    load_dataset("generic", store, write_shop(tmp_path / "data"))
+    assert store.get_node("Brand", "nike")["aliases"] == "耐克"
+    assert store.get_node("Category", "Apparel > Topwear > Sweatshirts")["aliases"] == \
+        "hoodie|hoodies|卫衣"
+    assert store.get_node("Attribute", "gender=Men")["aliases"] == "husband|老公|男士"
+
+
+@pytest.mark.parametrize(("row", "field", "message"), [
+    (("category", "Hats", "cap"), "value", "neither a path"),
+    (("brand", "Nike", "swoosh||just do it"), "aliases", "empty alias"),
+    (("brand", "", "swoosh"), "value", "value"),
+])
+def test_bad_alias_rows_name_file_line_and_field(tmp_path: Path, row: tuple, field: str,
+                                                 message: str) -> None:
+    directory = write_shop(tmp_path / "data", [ALIASES[0], row])
+    with pytest.raises(DataError) as error:
+        load_dataset("generic", EmbeddedStore(tmp_path / "g"), directory)
+    assert error.value.file == str(directory / "aliases.csv")
+    assert error.value.line == 3 and error.value.field == field
+    assert message in str(error.value)
+
+
+def test_alias_and_filler_in_a_sentence(shop: ProductSearch) -> None:
+    result = shop.search("I need a hoodie for my husband", k=3)
+    assert result.hits[0].id == "p3"  # the men's sweatshirt
+    understood = result.understood
+    assert ["category", "Sweatshirts"] in understood["concepts"]
+    assert ["gender", "Men"] in understood["concepts"]
+    assert {"phrase": "hoodie", "kind": "category", "value": "Sweatshirts",
+            "via": "alias"} in understood["mappings"]
+    assert {"i", "need", "a", "for", "my"} <= {w.lower() for w in understood["dropped"]}
+    assert "need" not in understood["search_text"].lower().split()
+
+
+def test_traditional_chinese_is_converted_first(shop: ProductSearch) -> None:
+    result = shop.search("老公 黑色運動鞋", k=2)
+    assert result.understood["converted_script"] is True
+    assert result.understood["normalised"] == "老公 黑色运动鞋"
+    assert result.hits[0].id == "p1"
+
+
+def test_chinese_brand_name_from_the_graph(shop: ProductSearch) -> None:
+    result = shop.search("耐克 女士 跑鞋", k=1)
+    assert result.hits[0].id == "p2"
+    assert ["brand", "Nike"] in result.understood["concepts"]
+
+
+def test_english_typos_are_corrected_against_the_catalog(shop: ProductSearch) -> None:
+    result = shop.search("womens blak jeens", k=1)
+    assert result.hits[0].id == "p8"
+    corrections = {(c["typed"], c["corrected"]) for c in result.understood["corrections"]}
+    assert ("blak", "black") in corrections and ("jeens", "jeans") in corrections
+
+
+def test_chinese_homophone_typo_is_corrected(shop: ProductSearch) -> None:
+    # 裤 (ku) typed as 库 (ku): same sound, one character off the graph name 牛仔裤
+    result = shop.search("女士牛仔库", k=1)
+    assert result.hits[0].id == "p8"
+    assert {"typed": "牛仔库", "corrected": "牛仔裤"} in result.understood["corrections"]
+    # a different-sounding character is no typo: 的 (de) is not 鞋 (xie)
+    understanding = shop.understanding
+    assert understanding.parse("跑的").corrections == []
+
+
+def test_written_together_or_apart_and_hyphens(shop: ProductSearch) -> None:
+    parse = shop.understanding.parse
+    assert Concept("category", "Sports Shoes") in parse("sports-shoes").concepts
+    assert Concept("category", "Sweatshirts") in parse("sweat shirts").concepts
+    assert Concept("category", "Sweatshirts") in parse("ＳＷＥＡＴＳＨＩＲＴＳ").concepts  # NFKC
+
+
+def test_unknown_words_stay_unknown_without_a_dense_model(shop: ProductSearch) -> None:
+    parsed = shop.understanding.parse("wristwatch")
+    assert parsed.groups == [] and parsed.unknown == ["wristwatch"]
+
+
+def test_embedding_maps_an_unknown_word_when_confident() -> None:
+    """Real E5: "wristwatch" is in no name or alias, and means the category Watches."""
+    from encoders.text import load_text_encoder
+
+    encoder = load_text_encoder("e5")
+    categories = pd.DataFrame({"name": ["Watches", "Jeans", "Sweatshirts", "Sports Shoes",
+                                        "Handbags", "Sunglasses"]})
+    attributes = pd.DataFrame({"kind": ["colour", "colour"], "value": ["Black", "Pink"]})
+    understanding = QueryUnderstanding.from_graph(attributes, categories,
+                                                  embed=encoder.encode_queries)
+    parsed = understanding.parse("wristwatch")
+    assert parsed.concepts == [Concept("category", "Watches")]
+    assert parsed.mappings[0]["via"] == "embedding" and parsed.mappings[0]["score"] > 0.8
+    # a word the model cannot place confidently maps to nothing rather than to a guess
+    strict = QueryUnderstanding.from_graph(attributes, categories, embed=encoder.encode_queries)
+    strict.min_margin = 1.0
+    assert strict.parse("wristwatch").groups == []
