@@ -97,8 +97,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kg.export import export_graph
     from kg.workspace import default_workspace
     from recommender.content import FULL, build_content, build_lexical, content_dir, content_mode
+    from recommender.spark_als import SparkUnavailable, require_spark
     from recommender.training import HybridConfig, train_recommender
 
+    if args.spark_master is not None and args.engine != "spark":
+        raise ValueError("--spark-master needs --engine spark")
+    try:
+        if args.engine == "spark":
+            require_spark()  # before minutes of content building, not after
+    except SparkUnavailable as exc:
+        print(f"shopgraph: error: {exc}", file=sys.stderr)
+        return 2
     workspace = args.workspace or default_workspace()
     log = (lambda message: None) if args.quiet or args.json else print
     summary: dict = {}
@@ -125,13 +134,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             summary["recommender"] = None
             log("no interactions in the store: search is trained, the recommender is not")
         else:
-            config = HybridConfig()
+            config = HybridConfig(als_engine=args.engine, spark_master=args.spark_master)
+            if args.engine == "spark" and log is print:
+                _log_spark_progress()
             if args.no_gnn:
                 config.gnn = None
             elif args.gnn_epochs is not None:
                 config.gnn = {**(config.gnn or {}), "epochs": args.gnn_epochs}
-            summary["recommender"] = train_recommender(store, workspace, config,
-                                                       holdout=args.holdout, log=log)
+            try:
+                summary["recommender"] = train_recommender(store, workspace, config,
+                                                           holdout=args.holdout, log=log)
+            except SparkUnavailable as exc:
+                print(f"shopgraph: error: {exc}", file=sys.stderr)
+                return 2
     if args.json:
         print(json.dumps(summary, default=str))
     elif summary.get("recommender"):
@@ -139,6 +154,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"recommender {rec['version']} trained on {rec['interactions']:,} interactions "
               f"({rec['held_out']:,} held out) in {rec['seconds']} s")
     return 0
+
+
+def _log_spark_progress() -> None:
+    """Print the spark engine's progress lines (session, fit, heartbeats) as train's own."""
+    import logging
+
+    logger = logging.getLogger("recommender.spark_als")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _print_content(meta: dict, directory: Path) -> None:
@@ -353,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-gnn", action="store_true", help="hybrid without the GNN source")
     train.add_argument("--gnn-epochs", type=int, default=None,
                        help="most GNN epochs (early stopping on validation picks fewer)")
+    train.add_argument("--engine", choices=("implicit", "spark"), default="implicit",
+                       help="what fits the ALS source: implicit (this process) or Spark "
+                            "MLlib (local mode, or the cluster at --spark-master)")
+    train.add_argument("--spark-master", default=None, metavar="URL",
+                       help="Spark master for --engine spark, e.g. spark://host:7077, yarn, "
+                            "k8s://https://host:6443 (default: local[threads])")
     train.add_argument("--json", action="store_true", help="print a JSON summary")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     _store_options(train)

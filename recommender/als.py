@@ -17,10 +17,16 @@ user whose history changed, or a user never seen in training, gets a vector with
 retraining. `fold_in` stores that vector; no other user's or item's factors change. Note that
 `fit` uses implicit's conjugate-gradient solver (3 steps per sweep), so a recalculated vector
 for an unchanged history is close to, not identical with, the fitted one.
+
+Engines. ``engine="implicit"`` (the default) fits in this process; ``engine="spark"`` fits
+the same confidences with Spark MLlib's implicit ALS (`recommender.spark_als`), locally or on
+a cluster (`spark_master`), and keeps the factors here: the saved file, fold-in and scoring
+are the same whichever engine fitted them. Only `fit` needs Spark.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Self
 
@@ -39,6 +45,8 @@ if TYPE_CHECKING:
     from implicit.cpu.als import AlternatingLeastSquares
 
 Confidence = Literal["linear", "log"]
+Engine = Literal["implicit", "spark"]
+ENGINES = ("implicit", "spark")
 
 
 class ALSRecommender(Recommender):
@@ -49,15 +57,21 @@ class ALSRecommender(Recommender):
     def __init__(
         self, factors: int = 64, regularization: float = 0.05, alpha: float = 10.0,
         iterations: int = 15, seed: int | None = 0, confidence: Confidence = "linear",
-        eps: float = 1.0, num_threads: int = 1,
+        eps: float = 1.0, num_threads: int = 1, engine: Engine = "implicit",
+        spark_master: str | None = None,
     ) -> None:
         if confidence not in ("linear", "log"):
             raise ValueError(f"confidence must be 'linear' or 'log', not {confidence!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+        if spark_master is not None and engine != "spark":
+            raise ValueError("spark_master is only used by engine='spark'")
         if alpha < 0 or eps <= 0:
             raise ValueError("alpha must be >= 0 and eps > 0")
         self.factors, self.regularization, self.alpha = factors, regularization, alpha
         self.iterations, self.seed, self.confidence = iterations, seed, confidence
         self.eps, self.num_threads = eps, num_threads
+        self.engine, self.spark_master = engine, spark_master
         self.model = self._implicit_model()
 
     def _implicit_model(self) -> AlternatingLeastSquares:
@@ -78,22 +92,39 @@ class ALSRecommender(Recommender):
     def item_factors(self) -> np.ndarray:
         return self.model.item_factors
 
+    def scaled_weights(self, user_items: sp.csr_matrix) -> sp.csr_matrix:
+        """r with c = 1 + alpha * r: w (linear) or log(1 + w / eps) (float32 CSR, same
+        pattern); what Spark's implicit ALS takes as its ratings."""
+        scaled = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
+        scaled.eliminate_zeros()
+        if self.confidence == "log":
+            scaled.data = np.log1p(scaled.data / np.float32(self.eps))
+        scaled.data = scaled.data.astype(np.float32, copy=False)
+        return scaled
+
     def confidence_matrix(self, user_items: sp.csr_matrix) -> sp.csr_matrix:
         """The weights turned into confidences (float32 CSR, same pattern), as implicit wants."""
-        conf = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
-        conf.eliminate_zeros()
-        if self.confidence == "linear":
-            conf.data = 1.0 + np.float32(self.alpha) * conf.data
-        else:
-            conf.data = 1.0 + np.float32(self.alpha) * np.log1p(conf.data / np.float32(self.eps))
-        conf.data = conf.data.astype(np.float32, copy=False)
+        conf = self.scaled_weights(user_items)
+        conf.data = (1.0 + np.float32(self.alpha) * conf.data).astype(np.float32, copy=False)
         return conf
 
-    def fit(self, user_items: sp.csr_matrix) -> Self:
-        conf = self.confidence_matrix(self._fitted_on(user_items))
+    def fit(self, user_items: sp.csr_matrix, log: Callable[[str], None] | None = None
+            ) -> Self:
+        """Fit with the chosen engine; `log` gets the spark engine's progress lines
+        (default: the `recommender.spark_als` logger, at INFO)."""
+        matrix = self._fitted_on(user_items)
         self.model = self._implicit_model()
+        if self.engine == "spark":
+            from recommender.spark_als import fit_factors
+
+            users, items = fit_factors(
+                self.scaled_weights(matrix), self.factors, self.regularization, self.alpha,
+                self.iterations, self.seed, master=self.spark_master,
+                threads=self.num_threads, **({} if log is None else {"log": log}))
+            self.model.user_factors, self.model.item_factors = users, items
+            return self
         with blas_threads(1):
-            self.model.fit(conf, show_progress=False)
+            self.model.fit(self.confidence_matrix(matrix), show_progress=False)
         return self
 
     def recalculate_user(self, user_rows: np.ndarray | int, user_items: sp.csr_matrix
@@ -153,6 +184,7 @@ class ALSRecommender(Recommender):
             factors=self.factors, regularization=self.regularization, alpha=self.alpha,
             iterations=self.iterations, seed=-1 if self.seed is None else self.seed,
             confidence=self.confidence, eps=self.eps, num_threads=self.num_threads,
+            engine=self.engine,
         )
         return path
 
@@ -167,6 +199,7 @@ class ALSRecommender(Recommender):
                 seed=None if seed < 0 else seed, confidence=str(data["confidence"]),
                 eps=float(data["eps"]),
                 num_threads=int(data["num_threads"]) if num_threads is None else num_threads,
+                engine=str(data["engine"]) if "engine" in data else "implicit",
             )
             model.model.user_factors = data["user_factors"].astype(np.float32)
             model.model.item_factors = data["item_factors"].astype(np.float32)

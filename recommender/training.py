@@ -54,6 +54,8 @@ class HybridConfig:
         default_factory=lambda: dict(DEFAULT_KIND_WEIGHTS))
     als: dict[str, Any] = field(default_factory=lambda: {
         "factors": 256, "regularization": 10.0, "alpha": 5.0, "iterations": 15})
+    als_engine: str = "implicit"  # "spark": ALS fitted by Spark MLlib (recommender.spark_als)
+    spark_master: str | None = None  # a Spark cluster URL; None = Spark local mode
     itemknn: dict[str, Any] = field(default_factory=lambda: {"neighbours": 200})
     gnn: dict[str, Any] | None = field(default_factory=lambda: {
         "dim": 64, "layers": 3, "epochs": 200, "learning_rate": 5e-3, "eval_every": 5,
@@ -125,7 +127,8 @@ def build_sources(config: HybridConfig, snapshot: GraphSnapshot | None,
                   ) -> tuple[dict[str, Recommender], dict[str, dict[str, Any]]]:
     """The hybrid's sources and the extra `fit` arguments each needs (the GNN's graph)."""
     sources: dict[str, Recommender] = {
-        "als": ALSRecommender(num_threads=config.threads, **config.als),
+        "als": ALSRecommender(num_threads=config.threads, engine=config.als_engine,
+                              spark_master=config.spark_master, **config.als),
         "copurchase": ItemKNN(weighted_history=(config.half_life is not None
                                                 or config.kind_weights is not None),
                               **config.itemknn),
