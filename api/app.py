@@ -154,6 +154,7 @@ def build_search(workspace: Path, previous: ProductSearch | None = None,
     search = ProductSearch(artifacts, **encoders)
     if warm and len(search.ids):
         search.search("shirt", k=1)
+        search.understanding.prepare()  # graph names embedded, spelling index built
     return search
 
 

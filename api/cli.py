@@ -293,12 +293,36 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return 0
-    if result.understood.get("concepts"):
+    if args.explain:
+        _print_understood(result.understood)
+    elif result.understood.get("concepts"):
         found = ", ".join(f"{kind}={value}" for kind, value in result.understood["concepts"])
         print(f"understood: {found}")
     for rank, hit in enumerate(result.hits, start=1):
         print(f"{rank:>3}. {hit.id:<12} {hit.score:6.3f}  {hit.title}")
     return 0
+
+
+def _print_understood(understood: dict) -> None:
+    """How the query was read, step by step, so a merchant can see why and fix an alias."""
+    if understood.get("converted_script"):
+        print(f"script:      converted to simplified Chinese: {understood['normalised']}")
+    for fix in understood.get("corrections", []):
+        print(f"spelling:    {fix['typed']} -> {fix['corrected']}")
+    for m in understood.get("mappings", []):
+        score = f" ({m['score']:.3f})" if "score" in m else ""
+        print(f"mapped:      {m['phrase']} -> {m['kind']}={m['value']} via {m['via']}{score}")
+    if understood.get("dropped"):
+        print(f"filler:      {' '.join(understood['dropped'])}")
+    if understood.get("unknown"):
+        print(f"unknown:     {' '.join(understood['unknown'])}")
+    for group in understood.get("constraints", []):
+        print("constraint:  " + " or ".join(f"{kind}={value}" for kind, value in group))
+    if "search_text" in understood:
+        print(f"searched as: {understood['search_text']!r} (BM25), "
+              f"{understood.get('dense_text', '')!r} (dense)")
+    if understood.get("image_type"):
+        print(f"image type:  {understood['image_type']}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -435,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--category", default=None, help='e.g. "Apparel > Topwear"')
     search.add_argument("--brand", default=None, help="brand name")
     search.add_argument("--json", action="store_true", help="print JSON")
+    search.add_argument("--explain", action="store_true",
+                        help="show how the query was understood (script, spelling, aliases, "
+                             "embedding mappings, graph constraints)")
     _workspace_option(search)
     search.set_defaults(func=cmd_search)
 

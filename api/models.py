@@ -33,6 +33,21 @@ class UnderstoodOut(BaseModel):
     concepts: list[tuple[str, str]] = Field(
         default_factory=list, description="(kind, value) graph concepts, e.g. (colour, Black)")
     image_type: str | None = Field(None, description="Article type voted by an image query")
+    normalised: str | None = Field(
+        None, description="The query after NFKC, lower case and traditional -> simplified")
+    converted_script: bool = Field(False, description="Traditional Chinese was converted")
+    corrections: list[dict[str, str]] = Field(
+        default_factory=list, description="Spelling corrections: {typed, corrected}")
+    mappings: list[dict[str, Any]] = Field(
+        default_factory=list, description="Each mapped phrase: {phrase, kind, value, via} with "
+        "via = name | alias | spelling | embedding (+ score), so a merchant can fix an alias")
+    dropped: list[str] = Field(default_factory=list, description="Filler left out of the search")
+    constraints: list[list[tuple[str, str]]] = Field(
+        default_factory=list, description="Graph constraints: one group per phrase, any of its "
+        "(kind, value) satisfies it")
+    search_text: str | None = Field(None, description="Text given to BM25")
+    dense_text: str | None = Field(None, description="Text given to the dense model")
+    unknown: list[str] = Field(default_factory=list, description="Words nothing could map")
 
 
 class SearchOut(BaseModel):

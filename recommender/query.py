@@ -53,7 +53,8 @@ class ParsedQuery:
     corrections: list[tuple[str, str]] = field(default_factory=list)  # (typed, corrected)
     mappings: list[dict[str, object]] = field(default_factory=list)  # phrase -> concept, via
     dropped: list[str] = field(default_factory=list)  # filler left out of the search text
-    search_text: str = ""  # what BM25 and the dense model are given (no filler)
+    search_text: str = ""  # what BM25 is given: no filler, mapped words as graph values
+    dense_text: str = ""  # what the dense model is given: no filler, unknown words as typed
     unknown: list[str] = field(default_factory=list)  # words no step could map
 
     def explain(self) -> dict[str, object]:
@@ -67,7 +68,8 @@ class ParsedQuery:
             "corrections": [{"typed": a, "corrected": b} for a, b in self.corrections],
             "mappings": self.mappings, "dropped": self.dropped,
             "constraints": [[[c.kind, c.value] for c in g] for g in self.groups],
-            "search_text": self.search_text, "unknown": self.unknown,
+            "search_text": self.search_text, "dense_text": self.dense_text,
+            "unknown": self.unknown,
         }
 
     @property
@@ -293,16 +295,23 @@ class QueryUnderstanding:
         return self._targets
 
     def prepare(self) -> None:
-        """Embed the graph's names now (a server does it before its first query)."""
+        """Build the lazy parts now (a server does it before its first query): the graph's
+        names embedded, the spelling index, the Chinese correction index and pinyin."""
         self._targets_matrix()
+        self._correct("warmup")
+        self._correct_chinese("热身", [])
+        _sound("热")
 
-    def _nearest(self, phrases: list[str]) -> list[tuple[Concept, float] | None]:
-        """The graph value each phrase means, when the dense model is confident, else None."""
+    def _nearest(self, phrases: list[str], also: list[str] = ()
+                 ) -> list[tuple[Concept, float] | None]:
+        """The graph value each phrase means, when the dense model is confident, else None.
+        `also` is encoded in the same call (and dropped): texts the caller will need."""
         targets = self._targets_matrix()
         if targets is None or not phrases:
             return [None] * len(phrases)
         concepts, vectors = targets
-        scores = np.asarray(self.embed(phrases), dtype=np.float32) @ vectors.T
+        encoded = np.asarray(self.embed([*also, *phrases]), dtype=np.float32)
+        scores = encoded[len(also):] @ vectors.T
         out: list[tuple[Concept, float] | None] = []
         for row in scores:
             order = np.argsort(-row)[:2]
@@ -347,18 +356,18 @@ class QueryUnderstanding:
             else:
                 fixed.append(word)
         english_words, residual = self._english_ngrams(fixed, parsed)
-        unknown = [w for w in residual if w.lower() not in ENGLISH_FILLER]
-        if unknown and embed_unknown and self.embed is not None:
-            self._embed_unknown(unknown, parsed, english_words)
+        unknown = [w for w in residual if w.lower() not in ENGLISH_FILLER
+                   and _stem(w) not in self._vocabulary]
+        # the dense model reads the query without filler, unknown words as typed (it may know
+        # them); nothing understood at all: the (simplified) text as typed
+        parsed.dense_text = " ".join(
+            [w for w, keep in english_words if keep] + unknown_cjk) or normalised
+        if (unknown or unknown_cjk) and embed_unknown and self.embed is not None:
+            self._embed_unknown(unknown, unknown_cjk, parsed, english_words)
         else:
-            parsed.unknown.extend(w for w in unknown if _stem(w) not in self._vocabulary)
-        if unknown_cjk and embed_unknown and self.embed is not None:
-            self._embed_unknown(unknown_cjk, parsed, english_words, chinese=True)
-        elif unknown_cjk:
-            parsed.unknown.extend(unknown_cjk)
+            parsed.unknown.extend(unknown + unknown_cjk)
         parsed.english = (" ".join(rendered.split()) if _CJK.search(normalised)
                           else " ".join(w for w, _ in english_words))
-        # nothing understood: the dense model still reads the (simplified) text as typed
         parsed.search_text = " ".join(w for w, keep in english_words if keep) or normalised
         return parsed
 
@@ -446,10 +455,13 @@ class QueryUnderstanding:
                 i += 1
         return out, residual
 
-    def _embed_unknown(self, phrases: list[str], parsed: ParsedQuery,
-                       out: list[tuple[str, bool]], chinese: bool = False) -> None:
-        phrases = [p for p in phrases if chinese or _stem(p) not in self._vocabulary]
-        for phrase, found in zip(phrases, self._nearest(phrases), strict=True):
+    def _embed_unknown(self, english: list[str], chinese: list[str], parsed: ParsedQuery,
+                       out: list[tuple[str, bool]]) -> None:
+        """Map unknown words with one encoder call (the dense query text rides along, so
+        search finds its vector already encoded)."""
+        phrases = english + chinese
+        for phrase, found in zip(phrases, self._nearest(phrases, [parsed.dense_text]),
+                                 strict=True):
             if found is None:
                 parsed.unknown.append(phrase)
                 continue
@@ -460,7 +472,7 @@ class QueryUnderstanding:
             parsed.mappings.append({"phrase": phrase, "kind": concept.kind,
                                     "value": concept.value, "via": "embedding",
                                     "score": score})
-            if chinese:
+            if phrase in chinese:
                 out.append((concept.value, True))
             else:
                 out[:] = [(concept.value, True) if w == phrase else (w, k) for w, k in out]

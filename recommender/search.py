@@ -185,7 +185,7 @@ class ProductSearch:
                 candidates |= _top(scores["bm25"], self.candidates, allowed,
                                    positive=self.lexical)
             if "text" in sources or "image" in sources:
-                q = self._encode_query(parsed.search_text)
+                q = self._encode_query(parsed.dense_text)
                 if "text" in sources:
                     scores["text"] = self.artifacts.text_vectors @ q[0]
                     candidates |= self._from_index(self.text_index, q, filters)

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
 
+from api.app import create_app
+from api.cli import main
 from kg.embedded import EmbeddedStore
 from kg.importers import load_dataset
 from kg.schema import DataError
@@ -59,12 +62,18 @@ def write_shop(directory: Path, aliases: list[tuple[str, str, str]] = ALIASES) -
 
 
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> ProductSearch:
-    """A merchant's catalog with aliases, loaded by the generic loader, searched lexically."""
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A merchant's catalog with aliases, loaded by the generic loader, built lexically."""
     root = tmp_path_factory.mktemp("shop")
     store = EmbeddedStore(root / "ws" / "graph")
     load_dataset("generic", store, write_shop(root / "data"))
-    return ProductSearch(build_lexical(store, root / "ws"))
+    build_lexical(store, root / "ws")
+    return root / "ws"
+
+
+@pytest.fixture(scope="module")
+def shop(workspace: Path) -> ProductSearch:
+    return ProductSearch.load(workspace)
 
 
 def test_aliases_from_the_generic_loader_live_on_graph_nodes(tmp_path: Path) -> None:
@@ -162,3 +171,31 @@ def test_embedding_maps_an_unknown_word_when_confident() -> None:
     strict = QueryUnderstanding.from_graph(attributes, categories, embed=encoder.encode_queries)
     strict.min_margin = 1.0
     assert strict.parse("wristwatch").groups == []
+
+
+def test_api_search_shows_how_the_query_was_understood(workspace: Path) -> None:
+    app = create_app(workspace, store=EmbeddedStore(workspace / "graph"), load_recommender=False)
+    with TestClient(app) as client:
+        r = client.get("/search", params={"q": "I need a hoodie for my husband", "k": 3})
+        assert r.status_code == 200, r.text
+        understood = r.json()["understood"]
+    assert r.json()["hits"][0]["id"] == "p3"
+    assert {"phrase": "hoodie", "kind": "category", "value": "Sweatshirts",
+            "via": "alias"} in understood["mappings"]
+    assert ["gender", "Men"] in [c for group in understood["constraints"] for c in group]
+    assert "need" in understood["dropped"] and understood["search_text"]
+    with TestClient(app) as client:
+        fixed = client.get("/search", params={"q": "blak jeens 牛仔褲"}).json()["understood"]
+    assert fixed["converted_script"] is True
+    assert {"typed": "blak", "corrected": "black"} in fixed["corrections"]
+
+
+def test_cli_search_explain(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", "老公 運動鞋 blak", "--explain", "--k", "2",
+                 "--workspace", str(workspace)]) == 0
+    out = capsys.readouterr().out
+    assert "script:      converted to simplified Chinese: 老公 运动鞋 blak" in out
+    assert "spelling:    blak -> black" in out
+    assert "mapped:      老公 -> gender=Men via alias" in out
+    assert "constraint:  category=Sports Shoes" in out
+    assert "p1" in out.splitlines()[-2]  # the first hit: the men's black running shoes
