@@ -33,6 +33,7 @@ from recommender.baselines import ItemKNN
 from recommender.graph_paths import GraphPathRecommender
 from recommender.history import history_matrix
 from recommender.hybrid import HybridRecommender, mmr
+from recommender.time_aware import RecentPopularity, Transitions
 from recommender.training import current_version
 
 MIN_HISTORY = 3
@@ -281,6 +282,11 @@ class RecommendationService:
                 if sim is not None and sim[item, other] > 0:
                     sources.append(name)
                     reasons.append(f"often bought together with {self._title(item)}")
+            elif isinstance(source, Transitions):
+                moves = source.transitions
+                if moves is not None and moves[item, other] > 0:
+                    sources.append(name)
+                    reasons.append(f"often bought after {self._title(item)}")
         return sources, reasons
 
     # ---- events ----------------------------------------------------------------------------
@@ -366,6 +372,13 @@ class RecommendationService:
         """A reason as a sentence a shopper (or merchant) can read."""
         holder = self._title(reason.because_of) if reason.because_of is not None else None
         name = reason.source
+        source = self.model.sources.get(name)
+        if isinstance(source, RecentPopularity):  # the learned window: "popular this week"
+            window = source.describe()
+            return window if window == "popular with shoppers" else f"trending: {window}"
+        if isinstance(source, Transitions):
+            return (f"often bought after {holder}" if holder
+                    else "what shoppers often buy next")
         if name == "kg_entity" and holder and reason.via:
             relation = reason.relation or "related to"
             return f"knowledge graph: {self._title(item)} -[{relation}]- {reason.via} - {holder}"

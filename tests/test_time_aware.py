@@ -276,3 +276,34 @@ def test_transitions_bad_arguments() -> None:
         Transitions(decay=0.0)
     with pytest.raises(ValueError, match="lack column"):
         Transitions().fit(sp.csr_matrix(np.ones((1, 3))), pd.DataFrame({"user": [0]}))
+
+
+# ---- explanations ---------------------------------------------------------------------------
+def test_service_explains_trending_and_what_comes_next() -> None:
+    from recommender.base import Reason
+    from recommender.hybrid import HybridRecommender
+    from recommender.service import RecommendationService
+
+    frame = sequences()
+    n_users = int(frame["user"].max()) + 1
+    model = HybridRecommender({"trending": RecentPopularity(half_life_days=7),
+                               "transitions": Transitions(), "popularity": Popularity()},
+                              weights={"trending": 0.2, "transitions": 1.0, "popularity": 0.1})
+    model.fit(history_matrix(frame, (n_users, N_ITEMS)),
+              {"trending": {"interactions": frame}, "transitions": {"interactions": frame}})
+    products = [f"p{i}" for i in range(N_ITEMS)]
+    catalog = pd.DataFrame({"id": products, "title": [f"Product {i}" for i in range(N_ITEMS)]})
+    service = RecommendationService(model, [f"u{i}" for i in range(n_users)], products,
+                                    catalog, frame, half_life=5.0)
+    assert service.render(Reason("trending", 1.0), 0) == "trending: popular this week"
+    assert service.render(Reason("transitions", 1.0, 8), 41) == "often bought after Product 8"
+    # a live shopper whose latest product is p8: p41 always comes next
+    for day, product in enumerate(("p30", "p55", "p8")):
+        service.record_event("live", product, "purchase", ts=day * DAY)
+    recs = service.recommend("live", k=3, explain=True)
+    assert recs[0].id == f"p{FOLLOWS[8]}" and recs[0].sources[0] == "transitions"
+    # the hybrid names the history product once it routes transitions to `reason`
+    assert recs[0].reasons[0] in {"often bought after Product 8", "what shoppers often buy next"}
+    related = service.related("p8", k=3)
+    assert related[0].id == f"p{FOLLOWS[8]}"
+    assert "often bought after Product 8" in related[0].reasons
