@@ -148,7 +148,8 @@ class RecentPopularity(Recommender):
     def _learn(self, matrix: sp.csr_matrix, items: np.ndarray, ages: np.ndarray,
                valid: sp.csr_matrix) -> float:
         """The grid's half-life with the best validation NDCG@k (longest first; a shorter
-        one must beat the best so far by `min_gain`)."""
+        one must beat the best so far by `min_gain`); `half_life_days` when `valid` has
+        nothing to learn from."""
         from recommender.evaluation import ranking_metrics
 
         valid = sp.csr_matrix(valid)
@@ -159,8 +160,11 @@ class RecentPopularity(Recommender):
         truth = (truth - truth.multiply(seen_all)).tocsr()
         truth.eliminate_zeros()
         users = np.flatnonzero(np.diff(truth.indptr) > 0)
-        if not len(users):
-            raise ValueError("valid has no user with an item outside their training rows")
+        if not len(users):  # nothing to learn from: keep the configured half-life
+            self.note = (f"valid has no user with an item outside their training rows: "
+                         f"half-life {self.half_life_days:g} days, not learned")
+            LOG.info("trending: %s", self.note)
+            return self.half_life_days
         if len(users) > self.max_users:
             rng = np.random.default_rng(self.seed)
             users = np.sort(rng.choice(users, self.max_users, replace=False))

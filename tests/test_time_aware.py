@@ -139,6 +139,17 @@ def test_trending_save_load_round_trip(tmp_path) -> None:
     assert model.describe().startswith("popular")
 
 
+def test_trending_with_an_empty_validation_keeps_its_half_life() -> None:
+    frame, _, n_users = shifting_shop()
+    train = _matrix(frame, n_users)
+    empty = sp.csr_matrix(train.shape, dtype=np.float32)
+    model = RecentPopularity(half_life_days=30).fit(train, frame, valid=empty)
+    assert model.best_half_life_days == 30.0 and "not learned" in model.note
+    assert not model.validation
+    with pytest.raises(ValueError, match="shape"):
+        RecentPopularity().fit(train, frame, valid=empty[:5])
+
+
 def test_trending_describes_its_window() -> None:
     model = RecentPopularity()
     model.best_half_life_days = 7.0
@@ -179,16 +190,18 @@ def fitted_transitions(frame: pd.DataFrame | None = None, **options: float) -> T
 def test_transitions_recommend_what_always_follows_the_last_item() -> None:
     model = fitted_transitions()
     rng = np.random.default_rng(5)
+    plain = np.setdiff1d(np.arange(N_ITEMS), [*FOLLOWS, *FOLLOWS.values()])
     for last, following in FOLLOWS.items():
-        # a new shopper: a few random products, then `last`; the row the service builds
-        earlier = [int(i) for i in rng.choice(np.setdiff1d(np.arange(N_ITEMS),
-                                                           [*FOLLOWS, *FOLLOWS.values()]), 4,
-                                              replace=False)]
+        # a new shopper: the other rule products long ago, two random ones, then `last`;
+        # the recency-weighted row the service builds, so the latest product decides
+        others = [item for item in FOLLOWS if item != last]
+        earlier = [*others, *(int(i) for i in rng.choice(plain, 2, replace=False))]
         events = pd.DataFrame({"user": 0, "item": [*earlier, last],
                                "ts": np.arange(5) * DAY})
         row = history_matrix(events, (1, N_ITEMS))
         ids, _ = model.recommend(model.n_users + 3, row, k=3)
         assert ids[0] == following, (last, ids)
+        assert {FOLLOWS[item] for item in others} <= set(ids[1:])
         # the same user scored in a batch (no single-row path) gets the same scores
         batch = sp.vstack([row, row]).tocsr()
         np.testing.assert_allclose(model.score(np.array([7, 8]), batch)[0],
@@ -230,6 +243,9 @@ def test_transition_counts_by_hand() -> None:
         history_matrix(frame, (2, n)), frame)
     # C occurs twice: its row is divided by 2
     np.testing.assert_allclose(normalised.transitions.toarray()[2], expected[2] / 2)
+    # directed: D never leads anywhere, so it explains nothing; C leads to D
+    assert model.reason(np.array([3]), 2, "transitions") is None
+    assert model.reason(np.array([3, 2]), 3, "transitions").because_of == 2
 
 
 def test_transitions_reason_names_the_history_item_leading_there() -> None:
