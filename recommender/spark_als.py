@@ -211,10 +211,12 @@ def _heartbeat(session: SparkSession, started: float, log: Callable[[str], None]
 
     def beat() -> None:
         while not stop.wait(every):
+            jobs = [tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup()]
+            done = sum(1 for job in jobs if job is not None and job.status == "SUCCEEDED")
             stages = [tracker.getStageInfo(s) for s in tracker.getActiveStageIds()]
-            busy = ", ".join(f"stage {s.stageId} {s.numCompletedTasks}/{s.numTasks} tasks"
-                             for s in stages if s is not None) or "between stages"
-            log(f"spark: {time.perf_counter() - started:.0f} s, {busy}")
+            busy = ", ".join(f"stage {s.stageId} running ({s.numCompletedTasks}/{s.numTasks} "
+                             "tasks)" for s in stages if s is not None) or "between stages"
+            log(f"spark: {time.perf_counter() - started:.0f} s, {done} jobs done, {busy}")
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
