@@ -213,6 +213,11 @@ class QueryUnderstanding:
             for row in brands.to_dict("records"):
                 if isinstance(row.get("name"), str) and row["name"].strip():
                     add(Concept("brand", row["name"].strip()), row)
+        levels = {Concept(CATEGORY_KIND, row["name"]): row.get("level")
+                  for row in categories.to_dict("records") if isinstance(row.get("name"), str)}
+        for table in (english, chinese):
+            for key, concepts in table.items():
+                table[key] = _refine(concepts, levels)
         understanding = cls(english, chinese, vocabulary=vocabulary, aliases=aliases,
                             embed=embed)
         if brands is not None and {"name", "products"} <= set(brands.columns):
@@ -476,6 +481,23 @@ class QueryUnderstanding:
                 out.append((concept.value, True))
             else:
                 out[:] = [(concept.value, True) if w == phrase else (w, k) for w, k in out]
+
+
+def _refine(concepts: set[Concept], levels: dict[Concept, object]) -> set[Concept]:
+    """What one name means when it names several nodes: a brand that shares its name with a
+    product type or attribute ("Denim") gives way to them, and of categories with one name at
+    several levels (Sandal > Sandals) the most specific is meant."""
+    if any(c.kind != "brand" for c in concepts):
+        concepts = {c for c in concepts if c.kind != "brand"}
+    categories = {c for c in concepts if c.kind == CATEGORY_KIND}
+    if len(categories) > 1:
+        def level(c: Concept) -> float:
+            value = levels.get(c)
+            return float(value) if isinstance(value, int | float) and value == value else -1.0
+
+        deepest = max(level(c) for c in categories)
+        concepts = {c for c in concepts if c.kind != CATEGORY_KIND or level(c) == deepest}
+    return concepts
 
 
 @lru_cache(maxsize=65536)
