@@ -52,9 +52,13 @@ def _source_types() -> dict[str, type[Recommender]]:
     from recommender.als import ALSRecommender
     from recommender.baselines import BPRMF
     from recommender.gnn import GraphRecommender
+    from recommender.graph_filter import GraphFilterRecommender
+    from recommender.time_aware import RecentPopularity, Transitions
 
     return {cls.__name__: cls for cls in (ALSRecommender, GraphRecommender, ItemKNN,
-                                           Popularity, GraphPathRecommender, BPRMF)}
+                                           Popularity, GraphPathRecommender, BPRMF,
+                                           GraphFilterRecommender, RecentPopularity,
+                                           Transitions)}
 
 
 def zscores(scores: np.ndarray) -> np.ndarray:
@@ -379,7 +383,7 @@ class HybridRecommender(Recommender):
 
     def _source_reason(self, name: str, value: float, seen: np.ndarray, item: int) -> Reason:
         source = self.sources[name]
-        if isinstance(source, GraphPathRecommender):
+        if callable(getattr(source, "reason", None)):  # the source knows its own reasons
             return source.reason(seen, item, name, value) or Reason(name, value)
         if isinstance(source, Popularity) or not len(seen):
             return Reason(name, value)
