@@ -137,6 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = HybridConfig(als_engine=args.engine, spark_master=args.spark_master)
             if args.engine == "spark" and log is print:
                 _log_spark_progress()
+            if args.no_graph_filter:
+                config.graph_filter = None
             if args.no_gnn:
                 config.gnn = None
             elif args.gnn_epochs is not None:
@@ -258,10 +260,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     models = args.models.split(",") if args.models else list(MODELS)
     log = (lambda message: None) if args.quiet or args.json else (
         lambda message: print(message, file=sys.stderr))
-    split = load_split(args.dataset, args.data_dir, progress=not args.quiet)
+    split = load_split(args.dataset, args.data_dir, progress=not args.quiet,
+                       protocol=args.protocol, cut=args.cut)
     config = HybridConfig(half_life=split.half_life)
     if args.gnn_epochs is not None and config.gnn is not None:
         config.gnn = {**config.gnn, "epochs": args.gnn_epochs}
+    if args.no_gnn:
+        config.gnn = None
+        models = [m for m in models if m != "gnn"]
     report = run_models(split, models, config, k=args.k, log=log)
     if args.json:
         print(json.dumps(report, default=str))
@@ -401,7 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "content vectors; a full content build already there is kept")
     train.add_argument("--rebuild-content", action="store_true",
                        help="rebuild content artifacts even when they exist")
-    train.add_argument("--no-gnn", action="store_true", help="hybrid without the GNN source")
+    train.add_argument("--no-gnn", action="store_true",
+                       help="hybrid without the GNN source (slow on a CPU); the closed-form "
+                            "graph filter stays, as the graph-aware source")
+    train.add_argument("--no-graph-filter", action="store_true",
+                       help="hybrid without the graph filter source")
     train.add_argument("--gnn-epochs", type=int, default=None,
                        help="most GNN epochs (early stopping on validation picks fewer)")
     train.add_argument("--engine", choices=("implicit", "spark"), default="implicit",
@@ -444,8 +454,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--models", default=None,
                             help="comma-separated subset of popularity,itemknn,bpr,als,gnn,"
                                  "hybrid (default: all)")
+    evaluation.add_argument("--protocol", default=None,
+                            choices=("per-user", "global-time", "random", "published"),
+                            help="how test rows are chosen: each user's latest 20 %% "
+                                 "(per-user), everything after a time cut (global-time: how a "
+                                 "deployed model is used), a random 20 %% per user, or the "
+                                 "data set's own split (published, gowalla); default: the "
+                                 "data set's usual one")
+    evaluation.add_argument("--cut", type=float, default=None,
+                            help="share of rows that trains (0.8), or for global-time a "
+                                 "quantile of timestamps or a Unix timestamp")
     evaluation.add_argument("--k", type=int, default=20, help="cut-off K (default 20)")
     evaluation.add_argument("--gnn-epochs", type=int, default=None, help="most GNN epochs")
+    evaluation.add_argument("--no-gnn", action="store_true",
+                            help="leave the GNN out of the hybrid (it is slow on a CPU; the "
+                                 "graph filter source stays)")
     evaluation.add_argument("--json", action="store_true", help="print the full JSON report")
     evaluation.add_argument("--quiet", action="store_true", help="no progress output")
     evaluation.set_defaults(func=cmd_evaluate)

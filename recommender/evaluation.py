@@ -164,6 +164,72 @@ def split_by_time(
     return frame[~is_test], frame[is_test]
 
 
+PROTOCOLS = ("per-user", "global-time", "random")
+
+
+def random_split_per_user(
+    frame: pd.DataFrame, ratio: float = 0.8, seed: int = 0, user: str = "user",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A seeded random (1 - ratio) of each user's interactions to test, the rest to train.
+
+    Same per-user counts as `temporal_split_per_user` (at least one test row for a user with
+    two or more); the order inside a user is a seeded shuffle instead of time. The protocol
+    most papers use, and the one that flatters models most: the future leaks into training.
+    """
+    shuffled = frame.assign(_order=np.random.default_rng(seed).permutation(len(frame)))
+    if not frame.index.is_unique:
+        raise ValueError("frame's index must be unique (reset_index first)")
+    train, test = temporal_split_per_user(shuffled, ratio, user=user, item="_order",
+                                          ts="_order")
+    return frame.loc[train.index.sort_values()], frame.loc[test.index.sort_values()]
+
+
+def time_cut(frame: pd.DataFrame, cut: float | None = None, ts: str = "ts") -> int:
+    """The timestamp a global split cuts at: `cut` in (0, 1) is a quantile of the rows'
+    timestamps (0.8: the latest 20 % of rows are after it), a larger number is a timestamp."""
+    cut = 0.8 if cut is None else float(cut)
+    if cut <= 0:
+        raise ValueError(f"cut must be a quantile in (0, 1) or a timestamp, not {cut}")
+    if cut < 1:
+        return int(np.quantile(frame[ts].to_numpy(dtype=np.int64), cut, method="higher"))
+    return int(cut)
+
+
+def global_time_split(
+    frame: pd.DataFrame, cut: float | None = None, user: str = "user", ts: str = "ts",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Everything before the cut trains; what users with history before it do after it is
+    test (how a deployed model is used: trained up to a date, asked about what follows).
+
+    Rows after the cut from users with no row before it are dropped (a cold-start question,
+    not the one this protocol asks). `cut` as in `time_cut`.
+    """
+    at = time_cut(frame, cut, ts)
+    train, test = split_by_time(frame, at, ts)
+    if train.empty or test.empty:
+        raise ValueError(f"a cut at {at} leaves an empty train or test part")
+    return train, test[test[user].isin(train[user].unique())]
+
+
+def protocol_split(
+    frame: pd.DataFrame, protocol: str, cut: float | None = None, seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test) of `frame` (user, item, ts rows) under one of `PROTOCOLS`.
+
+    `cut` is the share of rows (or a timestamp, `global-time` only) that trains: 0.8 by
+    default for every protocol. Tuning applies the same protocol inside the training rows,
+    so what the blend is tuned on mirrors what it is tested (and, for global-time, served) on.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
+    if protocol == "global-time":
+        return global_time_split(frame, cut)
+    ratio = 0.8 if cut is None else float(cut)
+    if protocol == "per-user":
+        return temporal_split_per_user(frame, ratio)
+    return random_split_per_user(frame, ratio, seed)
+
+
 def to_csr(
     frame: pd.DataFrame, shape: tuple[int, int], user: str = "user", item: str = "item",
     weight: str | None = None,

@@ -20,6 +20,7 @@ and single-user recommendation latency (p50/p99 over up to 200 test users).
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import threading
 import time
@@ -37,13 +38,25 @@ from kg.schema import PRODUCT, USER
 from recommender.als import ALSRecommender
 from recommender.base import Recommender
 from recommender.baselines import BPRMF, ItemKNN, Popularity
-from recommender.evaluation import evaluate, split_by_time, temporal_split_per_user
+from recommender.evaluation import (
+    PROTOCOLS,
+    evaluate,
+    global_time_split,
+    protocol_split,
+    random_split_per_user,
+    time_cut,
+)
+from recommender.graph_filter import GraphFilterRecommender
 from recommender.history import history_matrix
+from recommender.time_aware import RecentPopularity
 from recommender.training import HybridConfig, interaction_frame, tune_and_fit
 
 DATASETS = ("ml100k-kg", "gowalla", "completejourney")
-MODELS = ("popularity", "itemknn", "bpr", "als", "gnn", "hybrid")
+MODELS = ("popularity", "trending", "itemknn", "bpr", "als", "graph_filter", "gnn", "hybrid")
 WEEK = 7 * 24 * 3600
+# each data set's protocol when none is asked for: the one its published numbers use
+DEFAULT_PROTOCOLS = {"ml100k-kg": "per-user", "gowalla": "published",
+                     "completejourney": "global-time"}
 
 # baselines' parameters: the best of benchmarks/recommend_peers.py's grids on ml-100k
 BASELINES: dict[str, dict[str, Any]] = {
@@ -52,6 +65,17 @@ BASELINES: dict[str, dict[str, Any]] = {
     "bpr": {"factors": 64, "learning_rate": 0.0025, "regularization": 0.001,
             "iterations": 200},
     "als": {"factors": 256, "regularization": 10.0, "alpha": 1.0, "iterations": 15},
+    "trending": {},
+    "graph_filter": {"factors": 256, "ideal_weight": 0.3},
+}
+# what each baseline is tuned over on the split's validation rows (never the test): every
+# combination is fitted on the training rows minus the validation rows, the best NDCG@20 wins
+# and is refitted on all training rows. Trending learns its half-life on the same rows.
+GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "itemknn": {"neighbours": (50, 200, 800), "shrinkage": (0.0, 10.0)},
+    "bpr": {"learning_rate": (0.0025, 0.01), "regularization": (0.001, 0.01)},
+    "als": {"factors": (64, 256), "regularization": (1.0, 10.0, 50.0), "alpha": (1.0, 5.0)},
+    "graph_filter": {"ideal_weight": (0.1, 0.3, 0.6), "item_exponent": (0.4, 0.5)},
 }
 
 
@@ -68,6 +92,8 @@ class Split:
     half_life: float | None  # recency weighting for the hybrid (None: no timestamps)
     shape: tuple[int, int] = (0, 0)
     notes: list[str] = field(default_factory=list)
+    protocol: str = "per-user"
+    cut: float | None = None
 
     def matrices(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """Binary train and test matrices (what the baselines fit and everything is scored on)."""
@@ -75,13 +101,26 @@ class Split:
                 history_matrix(self.test, self.shape, None))
 
 
-def load_split(dataset: str, data_dir: Path | None = None, progress: bool = False) -> Split:
-    """Import `dataset` into a throw-away embedded store and build its split."""
+def load_split(dataset: str, data_dir: Path | None = None, progress: bool = False,
+               protocol: str | None = None, cut: float | None = None) -> Split:
+    """Import `dataset` into a throw-away embedded store and build its split.
+
+    `protocol` is one of `PROTOCOLS` (per-user, global-time, random; gowalla also
+    "published", its own split and default), `cut` the share of rows that trains (global-time:
+    a quantile of timestamps, or a timestamp). Tuning rows come from the same protocol applied
+    inside the training rows, never from the test.
+    """
     from kg.embedded import EmbeddedStore
     from kg.importers import load_dataset
 
     if dataset not in DATASETS:
         raise ValueError(f"no evaluation split for {dataset!r}; choose one of {DATASETS}")
+    protocol = protocol or DEFAULT_PROTOCOLS[dataset]
+    allowed = ("published", "random") if dataset == "gowalla" else PROTOCOLS
+    if protocol not in allowed:
+        reason = " (its files carry no timestamps)" if dataset == "gowalla" else ""
+        raise ValueError(f"protocol {protocol!r} is not available for {dataset}{reason}; "
+                         f"choose one of {allowed}")
     with tempfile.TemporaryDirectory() as tmp:
         store = EmbeddedStore(Path(tmp) / "graph")
         load_dataset(dataset, store, data_dir, progress=progress)
@@ -89,30 +128,48 @@ def load_split(dataset: str, data_dir: Path | None = None, progress: bool = Fals
         store.close()
     shape = (len(snapshot.ids[USER]), len(snapshot.ids[PRODUCT]))
     frame = interaction_frame(snapshot)
-    if dataset == "ml100k-kg":
-        train, test = temporal_split_per_user(frame, 0.8)
-        _, valid = temporal_split_per_user(train, 0.8)
-        return Split(dataset, "per-user temporal 80/20 (latest 20 % of each user's ratings "
-                     "are test); tuning on the latest 20 % of each user's training rows",
-                     snapshot, train, test, valid, 5.0, shape)
     if dataset == "gowalla":
-        is_test = (frame["split"] == "test").to_numpy()
-        train, test = frame[~is_test], frame[is_test]
-        rng = np.random.default_rng(0)
-        shuffled = train.assign(ts=rng.permutation(len(train)))
-        _, valid = temporal_split_per_user(shuffled, 0.8)
-        return Split(dataset, "LightGCN's published split (train.txt / test.txt); tuning on "
-                     "a seeded random 20 % of each user's training items",
-                     snapshot, train.reset_index(drop=True), test.reset_index(drop=True),
-                     valid[["user", "item", "ts"]], None, shape)
-    transactions = _completejourney_transactions(snapshot, data_dir)
-    cut = int(transactions["ts"].max()) - 4 * WEEK + 1
-    train, test = split_by_time(transactions, cut)
-    _, valid = split_by_time(train, cut - 4 * WEEK)
-    return Split(dataset, "global time cut: the last 4 weeks of transactions are test, the 4 "
-                 "weeks before them validation; pairs from raw transactions",
-                 snapshot, train, test, valid, 5.0, shape,
-                 ["Complete Journey is simulated from real shopping patterns (84.51°)."])
+        if protocol == "published":
+            is_test = (frame["split"] == "test").to_numpy()
+            train, test = frame[~is_test], frame[is_test]
+            train, test = train.reset_index(drop=True), test.reset_index(drop=True)
+            _, valid = random_split_per_user(train, 0.8)
+            return Split(dataset, "LightGCN's published split (train.txt / test.txt); tuning "
+                         "on a seeded random 20 % of each user's training items",
+                         snapshot, train, test, valid[["user", "item", "ts"]], None, shape,
+                         protocol=protocol)
+        frame = frame.assign(ts=0)
+    notes: list[str] = []
+    if dataset == "completejourney":
+        frame = _completejourney_transactions(snapshot, data_dir)
+        notes.append("Complete Journey is simulated from real shopping patterns (84.51°).")
+        if protocol == "global-time" and cut is None:
+            at = int(frame["ts"].max()) - 4 * WEEK + 1
+            train, test = global_time_split(frame, at)
+            _, valid = global_time_split(train, at - 4 * WEEK)
+            return Split(dataset, "global time cut: the last 4 weeks of transactions are "
+                         "test, the 4 weeks before them validation; pairs from raw "
+                         "transactions", snapshot, train, test, valid, 5.0, shape, notes,
+                         protocol=protocol, cut=float(at))
+    train, test = protocol_split(frame, protocol, cut)
+    # the same protocol inside the training rows: a quantile cut stays a quantile, a
+    # timestamp cut tunes on the latest 20 % of the training rows
+    inner = cut if cut is None or cut < 1 else None
+    _, valid = protocol_split(train, protocol, inner)
+    share = 0.8 if cut is None else cut
+    description = {
+        "per-user": f"per-user temporal: each user's latest {1 - share:.0%} of interactions "
+                    "are test; tuning on the latest part of each user's training rows",
+        "random": f"random: a seeded {1 - share:.0%} of each user's interactions are test; "
+                  "tuning on a random part of each user's training rows",
+        "global-time": (f"global time cut at {time_cut(frame, cut)} "
+                        f"({'quantile ' + format(share, 'g') if share < 1 else 'timestamp'}): "
+                        "rows before it train, what users with history before it do after "
+                        "it is test; tuning on the same cut inside the training rows"),
+    }[protocol]
+    half_life = None if dataset == "gowalla" else 5.0
+    return Split(dataset, description, snapshot, train, test, valid, half_life, shape, notes,
+                 protocol=protocol, cut=cut)
 
 
 def _completejourney_transactions(snapshot: GraphSnapshot, data_dir: Path | None
@@ -172,21 +229,56 @@ def latency_ms(model: Recommender, train: sp.csr_matrix, users: np.ndarray, k: i
     return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99))}
 
 
-def _baseline(name: str, threads: int) -> Recommender:
-    params = BASELINES[name]
+def _baseline(name: str, threads: int, params: dict[str, Any] | None = None) -> Recommender:
+    params = BASELINES[name] if params is None else params
     if name == "popularity":
         return Popularity()
+    if name == "trending":
+        return RecentPopularity(**params)
     if name == "itemknn":
         return ItemKNN(**params)
     if name == "bpr":
         return BPRMF(num_threads=threads, **params)
+    if name == "graph_filter":
+        return GraphFilterRecommender(**params)
     return ALSRecommender(num_threads=threads, **params)
+
+
+def tune_baseline(name: str, split: Split, threads: int = 1,
+                  log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The parameters of baseline `name` with the best validation NDCG@20 over `GRIDS`.
+
+    Returns (parameters, {"grid": [[params, ndcg, recall], ...]}); a baseline without a grid
+    keeps `BASELINES`. Trending returns the half-life it learned on the validation rows.
+    """
+    fit_rows = split.train.drop(index=split.valid.index)
+    fit = history_matrix(fit_rows, split.shape, None)
+    valid = history_matrix(split.valid, split.shape, None)
+    if name == "trending":
+        model = RecentPopularity().fit(fit, interactions=fit_rows, valid=valid)
+        return ({"half_life_days": model.best_half_life_days},
+                {"validation_ndcg": {str(k): v for k, v in model.validation.items()}})
+    grid = GRIDS.get(name)
+    if not grid:
+        return dict(BASELINES[name]), {}
+    trials = []
+    for values in itertools.product(*grid.values()):
+        params = {**BASELINES[name], **dict(zip(grid, values))}
+        result = evaluate(_baseline(name, threads, params).fit(fit), fit, valid, k=20)
+        trials.append([params, result["ndcg@20"], result["recall@20"]])
+        log(f"  {name} {dict(zip(grid, values))}: valid NDCG@20 {result['ndcg@20']:.4f}")
+    best = max(trials, key=lambda t: (t[1], t[2]))
+    return dict(best[0]), {"grid": trials}
 
 
 def run_models(split: Split, models: Sequence[str] = MODELS, config: HybridConfig | None = None,
                k: int = 20, prefitted: dict[str, tuple[Recommender, Recommender]] | None = None,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Fit and score each model on `split`; the GNN row is the hybrid's own GNN source."""
+               log: Callable[[str], None] = print, tune: bool = True) -> dict[str, Any]:
+    """Fit and score each model on `split`; the GNN row is the hybrid's own GNN source.
+
+    With `tune`, every baseline's parameters are chosen on the split's validation rows
+    (`tune_baseline`) before it is refitted on the training rows and tested; without, the
+    fixed `BASELINES` are used (what a run that cannot afford the grid does: Gowalla's BPR)."""
     unknown = set(models) - set(MODELS)
     if unknown:
         raise ValueError(f"unknown models {sorted(unknown)}; choose from {MODELS}")
@@ -194,20 +286,24 @@ def run_models(split: Split, models: Sequence[str] = MODELS, config: HybridConfi
     train, test = split.matrices()
     test_users = np.flatnonzero(np.diff((test - test.multiply(train)).tocsr().indptr) > 0)
     report: dict[str, Any] = {
-        "dataset": split.dataset, "split": split.description, "notes": split.notes, "k": k,
+        "dataset": split.dataset, "split": split.description, "protocol": split.protocol,
+        "cut": split.cut, "notes": split.notes, "k": k,
         "shape": list(split.shape), "train": int(train.nnz), "test": int(test.nnz),
         "valid": int(len(split.valid)), "config": config.to_dict(), "models": {}}
     for name in models:
         if name in ("gnn", "hybrid"):
             continue
         log(f"{split.dataset}: fitting {name} ...")
-        model = _baseline(name, config.threads)
+        params, tuning = (tune_baseline(name, split, config.threads, log) if tune
+                          else (dict(BASELINES[name]), {}))
+        model = _baseline(name, config.threads, params)
+        fit_args = {"interactions": split.train} if name == "trending" else {}
         with PeakMemory() as memory:
             start = time.perf_counter()
-            model.fit(train)
+            model.fit(train, **fit_args)
             seconds = time.perf_counter() - start
         report["models"][name] = _scored(model, train, test, k, seconds, memory.peak_mb,
-                                         test_users, {"params": BASELINES[name]})
+                                         test_users, {"params": params, "tuning": tuning})
         log(f"  {name}: {_short(report['models'][name], k)}")
     if {"gnn", "hybrid"} & set(models):
         wanted_gnn = "gnn" in models

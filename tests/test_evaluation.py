@@ -16,11 +16,16 @@ from kg.importers.gowalla import default_dir as gowalla_dir
 from kg.schema import INTERACTED, DataError
 from recommender.base import Recommender
 from recommender.evaluation import (
+    PROTOCOLS,
     evaluate,
+    global_time_split,
     load_lightgcn_split,
+    protocol_split,
+    random_split_per_user,
     ranking_metrics,
     split_by_time,
     temporal_split_per_user,
+    time_cut,
     to_csr,
 )
 
@@ -150,6 +155,48 @@ def test_split_by_time_and_to_csr() -> None:
     assert matrix[0, 1] == 2 and matrix.nnz == 4
     weighted = to_csr(frame.assign(w=[0.5, 1, 2, 3]), (3, 3), weight="w")
     assert weighted[2, 0] == 3
+
+
+def shop_log(seed: int = 0, n: int = 600) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"user": rng.integers(0, 40, n), "item": rng.integers(0, 90, n),
+                         "ts": rng.integers(0, 10_000, n)})
+
+
+def test_global_time_split_asks_returning_users_about_the_future() -> None:
+    frame = shop_log()
+    frame.loc[len(frame)] = {"user": 99, "item": 1, "ts": 9_999}  # a user first seen late
+    train, test = global_time_split(frame, 0.8)
+    cut = time_cut(frame, 0.8)
+    assert train["ts"].max() < cut <= test["ts"].min()
+    assert set(test["user"]) <= set(train["user"]) and 99 not in set(test["user"])
+    assert abs(len(train) / len(frame) - 0.8) < 0.02
+    # an explicit timestamp cuts there
+    train_at, test_at = global_time_split(frame, 5_000)
+    assert train_at["ts"].max() < 5_000 <= test_at["ts"].min()
+    with pytest.raises(ValueError, match="empty"):
+        global_time_split(frame, 20_000)
+
+
+def test_random_split_keeps_per_user_counts_and_is_seeded() -> None:
+    frame = shop_log()
+    train, test = random_split_per_user(frame, 0.8, seed=1)
+    _, by_time = temporal_split_per_user(frame, 0.8)
+    assert test.groupby("user").size().equals(by_time.groupby("user").size())
+    assert sorted(random_split_per_user(frame, 0.8, seed=1)[1].index) == sorted(test.index)
+    assert sorted(random_split_per_user(frame, 0.8, seed=2)[1].index) != sorted(test.index)
+    assert not (test["ts"].groupby(test["user"]).min()
+                >= train["ts"].groupby(train["user"]).max()).all()  # not a time split
+
+
+def test_protocol_split_dispatches_and_refuses_unknown() -> None:
+    frame = shop_log()
+    assert set(PROTOCOLS) == {"per-user", "global-time", "random"}
+    for name in PROTOCOLS:
+        train, test = protocol_split(frame, name)
+        assert not set(train.index) & set(test.index)
+    with pytest.raises(ValueError, match="unknown protocol 'leave-one-out'"):
+        protocol_split(frame, "leave-one-out")
 
 
 # ---- Gowalla --------------------------------------------------------------------------------
