@@ -390,7 +390,7 @@ class RecommendationService:
             return f"shares {reason.via} with {holder}"
         if name == "copurchase" and holder:
             return f"often bought together with {holder}"
-        if name == "gnn" and holder:
+        if name in ("gnn", "graph_filter") and holder:
             return f"close to {holder} in the product graph"
         if name == "als" and holder:
             return f"shoppers with a history like yours chose it (like {holder})"

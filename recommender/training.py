@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from kg.export import GraphSnapshot, export_graph, product_catalog
 from kg.schema import INTERACTED, PRODUCT, USER, DataError
@@ -35,10 +36,12 @@ from kg.store import GraphStore
 from recommender.als import ALSRecommender
 from recommender.base import Recommender
 from recommender.baselines import ItemKNN, Popularity
-from recommender.evaluation import temporal_split_per_user
+from recommender.evaluation import protocol_split
+from recommender.graph_filter import GraphFilterRecommender
 from recommender.graph_paths import GraphPathRecommender, product_links
 from recommender.history import DEFAULT_KIND_WEIGHTS, history_matrix
 from recommender.hybrid import HybridRecommender
+from recommender.time_aware import RecentPopularity, Transitions
 
 RECOMMENDER_DIR = ("artifacts", "recommender")
 KEEP_VERSIONS = 2
@@ -61,9 +64,21 @@ class HybridConfig:
         "dim": 64, "layers": 3, "epochs": 200, "learning_rate": 5e-3, "eval_every": 5,
         "patience": 3, "device": "auto", "pairs": "users"})
     gnn_kg_edges: bool = True  # widen the GNN's graph with the knowledge graph
+    # the closed-form graph source (GF-CF over users + KG nodes): minutes on a CPU where the
+    # GNN needs hours; None leaves it out
+    graph_filter: dict[str, Any] | None = field(default_factory=lambda: {
+        "factors": 256, "ideal_weight": 0.3, "kg_weight": 0.1})
     graph_paths: bool = True
+    # time-aware sources (recommender.time_aware); None leaves one out. Trending's half-life
+    # is learned on the validation rows and kept for the refit.
+    trending: dict[str, Any] | None = field(default_factory=dict)
+    transitions: dict[str, Any] | None = field(default_factory=dict)
     candidates: int = 200
     valid_ratio: float = 0.2
+    # how tuning rows are drawn from the training rows: "global-time" (the latest
+    # `valid_ratio` of the training period, as the model is served: trained up to a date,
+    # asked about what follows), "per-user" (each user's latest share) or "random"
+    valid_protocol: str = "global-time"
     max_tune_users: int = 3000
     threads: int = 1
 
@@ -122,6 +137,26 @@ def drop_pairs(frame: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     return frame[~np.isin(keys, out)].reset_index(drop=True)
 
 
+def tuning_split(frame: pd.DataFrame, protocol: str = "global-time", valid_ratio: float = 0.2
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(fit rows, validation rows) of the training rows under `protocol`.
+
+    Without timestamps (every ts equal) a time cut means nothing: the split falls back to a
+    seeded random share of each user's rows, and says so in the validation frame's attrs.
+    """
+    if protocol == "global-time" and frame["ts"].nunique() < 2:
+        protocol = "random"
+    try:
+        fit_part, valid = protocol_split(frame, protocol, 1.0 - valid_ratio)
+    except ValueError:  # a cut leaving one side empty
+        fit_part, valid = frame.iloc[:0], frame.iloc[:0]
+    if valid.empty:  # e.g. a cut that leaves no returning user: fall back per user
+        fit_part, valid = protocol_split(frame, "per-user", 1.0 - valid_ratio)
+        protocol = "per-user"
+    valid.attrs["protocol"] = protocol
+    return fit_part, valid
+
+
 def build_sources(config: HybridConfig, snapshot: GraphSnapshot | None,
                   features: np.ndarray | None = None
                   ) -> tuple[dict[str, Recommender], dict[str, dict[str, Any]]]:
@@ -142,9 +177,20 @@ def build_sources(config: HybridConfig, snapshot: GraphSnapshot | None,
         graph = (snapshot.to_hetero_data() if snapshot is not None and config.gnn_kg_edges
                  else None)
         options["gnn"] = {"graph": graph, "product_features": features}
-    if config.graph_paths and snapshot is not None:
-        for family, links in product_links(snapshot).items():
-            sources[f"kg_{family}"] = GraphPathRecommender(links)
+    if config.trending is not None:
+        sources["trending"] = RecentPopularity(**config.trending)
+    if config.transitions is not None:
+        sources["transitions"] = Transitions(**config.transitions)
+    links = product_links(snapshot) if snapshot is not None else {}
+    if config.graph_filter is not None:
+        sources["graph_filter"] = GraphFilterRecommender(**config.graph_filter)
+        options["graph_filter"] = {
+            "item_links": (sp.hstack([family.incidence for family in links.values()]).tocsr()
+                           if links else None),
+            "product_features": features}
+    if config.graph_paths:
+        for family, family_links in links.items():
+            sources[f"kg_{family}"] = GraphPathRecommender(family_links)
     return sources, options
 
 
@@ -163,7 +209,9 @@ def tune_and_fit(config: HybridConfig, snapshot: GraphSnapshot | None, frame: pd
     """
     prefitted = dict(prefitted or {})
     if valid is None:
-        fit_part, valid = temporal_split_per_user(frame, 1.0 - config.valid_ratio)
+        fit_part, valid = tuning_split(frame, config.valid_protocol, config.valid_ratio)
+    elif valid.index.isin(frame.index).all():
+        fit_part = frame.drop(index=valid.index)  # rows, not pairs: a repeat before stays
     else:
         fit_part = drop_pairs(frame, valid)
     fit_matrix = history_matrix(fit_part, shape, config.half_life,
@@ -173,6 +221,7 @@ def tune_and_fit(config: HybridConfig, snapshot: GraphSnapshot | None, frame: pd
     sources.update({name: pair[0] for name, pair in prefitted.items()})
     if "gnn" in options:
         options["gnn"] = {**options["gnn"], "valid": valid_matrix}
+    _time_options(sources, options, fit_part, valid_matrix)
     model = HybridRecommender(sources, candidates=config.candidates)
     started = time.perf_counter()
     tuning = model.tune(fit_matrix, valid_matrix, options, prefitted=list(prefitted),
@@ -187,8 +236,14 @@ def tune_and_fit(config: HybridConfig, snapshot: GraphSnapshot | None, frame: pd
         tuning["gnn_best_epoch"] = int(best_epoch)
         final_config = HybridConfig(**{**config.to_dict(), "gnn": {
             **config.gnn, "epochs": int(best_epoch)}})
+    if "trending" in sources and config.trending is not None:
+        best_half_life = float(sources["trending"].best_half_life_days)
+        tuning["trending_half_life_days"] = best_half_life
+        final_config = HybridConfig(**{**final_config.to_dict(), "trending": {
+            **config.trending, "half_life_days": best_half_life}})
     sources, options = build_sources(final_config, snapshot, features)
     sources.update({name: pair[1] for name, pair in prefitted.items()})
+    _time_options(sources, options, frame, None)
     final = HybridRecommender(sources, weights=tuning["weights"], candidates=config.candidates)
     final.tuning = tuning
     matrix = history_matrix(frame, shape, config.half_life, kind_weights=config.kind_weights)
@@ -197,6 +252,17 @@ def tune_and_fit(config: HybridConfig, snapshot: GraphSnapshot | None, frame: pd
     log(f"refitted {len(sources)} sources on {matrix.nnz:,} interactions in "
         f"{time.perf_counter() - started:.1f} s")
     return final
+
+
+def _time_options(sources: Mapping[str, Recommender], options: dict[str, dict[str, Any]],
+                  rows: pd.DataFrame, valid: sp.csr_matrix | None) -> None:
+    """The time-aware sources' fit arguments: the timestamped rows (and, while tuning, the
+    validation matrix trending learns its half-life on)."""
+    if "trending" in sources:
+        options["trending"] = {"interactions": rows, **({"valid": valid} if valid is not None
+                                                        else {})}
+    if "transitions" in sources:
+        options["transitions"] = {"interactions": rows}
 
 
 # ---- artifacts ------------------------------------------------------------------------------

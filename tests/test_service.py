@@ -137,3 +137,25 @@ def test_holdout_is_left_out_and_bad_files_are_located(tmp_path) -> None:
         assert str(bad) in str(error.value)
     train_json = json.loads((current_version(tmp_path) / "train.json").read_text())
     assert train_json["held_out"] == 2  # the failed run published nothing
+
+
+def test_every_source_gives_a_readable_reason_and_follows_live_events(workspace) -> None:  # noqa: ANN001
+    service = RecommendationService.load(workspace)
+    model = service.model
+    assert {"graph_filter", "trending", "transitions"} <= set(model.sources)
+    row = service.user_row["u1"]
+    history = service._history_row(row)
+    seen = history.indices
+    for name in ("graph_filter", "trending", "transitions", "als", "copurchase"):
+        item = int(model.sources[name].recommend(row, history, k=1)[0][0])
+        text = service.render(model._source_reason(name, 1.0, seen, item), item)
+        assert text and not text.startswith("recommended by"), (name, text)
+    # graph filter and transitions score from the history row: a live event moves them
+    before = {n: model.sources[n].score(np.array([row]), history)[0].copy()
+              for n in ("graph_filter", "transitions")}
+    unseen = [p for p in service.product_ids if p not in service.history_of("u1")]
+    service.record_event("u1", unseen[-1], "purchase")
+    after_history = service._history_row(row)
+    for name, scores in before.items():
+        now = model.sources[name].score(np.array([row]), after_history)[0]
+        assert not np.allclose(now, scores), name
