@@ -137,7 +137,8 @@ def markdown(report: dict) -> str:
         f"(JVM) started in {report['spark']['session_start_s']} s, once per process, not "
         "counted in the fit times. implicit ran with "
         f"{report['threads']} threads.", "",
-        f"| input | engine | Recall@{k} (std) | NDCG@{k} | fit s | Spark Recall gap |",
+        f"| input | engine | Recall@{k}{' (std over seeds)' if len(report['seeds']) > 1 else ''}"
+        f" | NDCG@{k} | fit s | Spark Recall gap |",
         "|---|---|---:|---:|---:|---:|"]
     for name, entry in report["configs"].items():
         for engine in ("implicit", "spark"):
@@ -145,9 +146,9 @@ def markdown(report: dict) -> str:
             gap = (f"{100 * entry['recall_gap']:+.1f} % "
                    f"({'within' if entry['within_tolerance'] else 'outside'} "
                    f"{report['tolerance']:.0%})" if engine == "spark" else "")
-            lines.append(f"| {name} | {engine} | {m[f'recall@{k}']:.4f} "
-                         f"({m[f'recall@{k}_std']:.4f}) | {m[f'ndcg@{k}']:.4f} | "
-                         f"{m['fit_s']:.1f} | {gap} |")
+            std = f" ({m[f'recall@{k}_std']:.4f})" if len(report["seeds"]) > 1 else ""
+            lines.append(f"| {name} | {engine} | {m[f'recall@{k}']:.4f}{std} | "
+                         f"{m[f'ndcg@{k}']:.4f} | {m['fit_s']:.1f} | {gap} |")
     lines += ["", "Inputs:"]
     for name, entry in report["configs"].items():
         lines.append(f"- `{name}`: {entry['description']}; params {entry['params']}; "
