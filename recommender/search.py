@@ -76,8 +76,15 @@ class ProductSearch:
 
     def __init__(self, artifacts: ContentArtifacts, text_encoder: Any = None,
                  image_encoder: Any = None, candidates: int = 200,
-                 fusion: str = "weighted", weights: dict[str, float] | None = None) -> None:
+                 fusion: str = "weighted", weights: dict[str, float] | None = None,
+                 dense: str = "auto") -> None:
+        """`dense`: "auto" encodes a text query only when some of its words are not understood
+        through the graph (or none are), "always" encodes every text query."""
         import bm25s
+
+        if dense not in ("auto", "always"):
+            raise ValueError(f"dense must be 'auto' or 'always', not {dense!r}")
+        self.dense = dense
 
         self.artifacts = artifacts
         self.catalog = artifacts.catalog.reset_index(drop=True)
@@ -184,7 +191,11 @@ class ProductSearch:
                 # lexically, a product sharing no word with the query is no candidate at all
                 candidates |= _top(scores["bm25"], self.candidates, allowed,
                                    positive=self.lexical)
-            if "text" in sources or "image" in sources:
+            # a query the graph understood word for word needs no dense model (~20-60 ms of
+            # encoding on a busy CPU): graph + BM25 rank it; unknown words call it in
+            use_dense = self.dense == "always" or bool(parsed.unknown) or not parsed.groups
+            understood["dense"] = use_dense and bool({"text", "image"} & set(sources))
+            if use_dense and ("text" in sources or "image" in sources):
                 q = self._encode_query(parsed.dense_text)
                 if "text" in sources:
                     scores["text"] = self.artifacts.text_vectors @ q[0]
