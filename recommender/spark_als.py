@@ -126,8 +126,11 @@ def spark_session(master: str | None = None, threads: int = 1,
     try:
         with _quiet_pandas():
             session = builder.getOrCreate()
-    except Exception as exc:  # py4j / PySparkRuntimeError: not worth a JVM trace
-        raise SparkUnavailable(f"could not start Spark on {wanted}: {exc}") from exc
+    except Exception as exc:  # py4j / PySparkRuntimeError: their text is a JVM stack trace
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SparkUnavailable(
+            f"could not start Spark on {wanted}: {first} (is the master URL right and "
+            "reachable from here? Spark's log above says why)") from exc
     session.sparkContext.setLogLevel("ERROR")
     log(f"spark: session on {session.sparkContext.master} "
         f"({session.sparkContext.defaultParallelism} cores, Spark {session.version}) in "
