@@ -161,3 +161,15 @@ def test_missing_java_says_what_to_install(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("JAVA_HOME", str(tmp_path))
     with pytest.raises(SparkUnavailable, match="has no bin/java"):
         require_spark()
+
+
+def test_spark_is_imported_only_when_the_spark_engine_fits() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, api.cli, recommender.training, recommender.spark_als; "
+            "from recommender.als import ALSRecommender; ALSRecommender(engine='spark'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyspark', 'py4j')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
