@@ -192,8 +192,10 @@ class ProductSearch:
                 candidates |= _top(scores["bm25"], self.candidates, allowed,
                                    positive=self.lexical)
             # a query the graph understood word for word needs no dense model (~20-60 ms of
-            # encoding on a busy CPU): graph + BM25 rank it; unknown words call it in
-            use_dense = self.dense == "always" or bool(parsed.unknown) or not parsed.groups
+            # encoding on a busy CPU): graph + BM25 rank it; words the graph does not know call
+            # it in (when E5 mapped them, the query's vector came in the same encoder call)
+            use_dense = (self.dense == "always" or bool(parsed.unknown) or not parsed.groups
+                         or any(m["via"] == "embedding" for m in parsed.mappings))
             understood["dense"] = use_dense and bool({"text", "image"} & set(sources))
             if use_dense and ("text" in sources or "image" in sources):
                 q = self._encode_query(parsed.dense_text)

@@ -199,3 +199,43 @@ def test_cli_search_explain(workspace: Path, capsys: pytest.CaptureFixture[str])
     assert "mapped:      老公 -> gender=Men via alias" in out
     assert "constraint:  category=Sports Shoes" in out
     assert "p1" in out.splitlines()[-2]  # the first hit: the men's black running shoes
+
+
+@pytest.fixture(scope="module")
+def dense_shop(workspace: Path) -> ProductSearch:
+    """The same shop with real E5 document vectors (no photos: an untrained joint space)."""
+    import dataclasses
+
+    import numpy as np
+
+    from encoders.joint import JointSpace
+    from encoders.text import load_text_encoder
+
+    lexical = ProductSearch.load(workspace).artifacts
+    encoder = load_text_encoder("e5")
+    vectors = encoder.encode_passages(lexical.documents)
+    joint = JointSpace(1, encoder.dim)
+    n = len(lexical.documents)
+    artifacts = dataclasses.replace(
+        lexical, text_vectors=vectors, image_features=np.zeros((n, 1), dtype=np.float32),
+        has_image=np.zeros(n, dtype=bool), joint=joint, joint_vectors=joint.embed_texts(vectors),
+        meta={**lexical.meta, "mode": "full"})
+    return ProductSearch(artifacts, text_encoder=encoder)
+
+
+def test_dense_model_only_for_words_the_graph_does_not_know(dense_shop: ProductSearch) -> None:
+    understood = dense_shop.search("black hoodie for my husband", k=1,
+                                   sources=("bm25", "text", "graph")).understood
+    assert understood["dense"] is False and understood["unknown"] == []
+    result = dense_shop.search("a wristwatch for my wife", k=2, sources=("bm25", "text", "graph"))
+    assert result.understood["dense"] is True
+    assert ["category", "Watches"] in result.understood["concepts"]  # mapped by E5, no alias
+    assert [m["via"] for m in result.understood["mappings"]
+            if m["value"] == "Watches"] == ["embedding"]
+    assert result.hits[0].id == "p6"  # the women's watch
+    assert result.understood["dense_text"] == "wristwatch Women"
+
+
+def test_dense_option_is_checked(workspace: Path) -> None:
+    with pytest.raises(ValueError, match="dense must be"):
+        ProductSearch(ProductSearch.load(workspace).artifacts, dense="sometimes")
