@@ -48,6 +48,8 @@ class UnderstoodOut(BaseModel):
     search_text: str | None = Field(None, description="Text given to BM25")
     dense_text: str | None = Field(None, description="Text given to the dense model")
     unknown: list[str] = Field(default_factory=list, description="Words nothing could map")
+    dense: bool | None = Field(None, description="Whether the dense model scored the text (not "
+                               "when the graph understood every word)")
 
 
 class SearchOut(BaseModel):

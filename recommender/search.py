@@ -195,7 +195,8 @@ class ProductSearch:
             # encoding on a busy CPU): graph + BM25 rank it; words the graph does not know call
             # it in (when E5 mapped them, the query's vector came in the same encoder call)
             use_dense = (self.dense == "always" or bool(parsed.unknown) or not parsed.groups
-                         or any(m["via"] == "embedding" for m in parsed.mappings))
+                         or any(m["via"] == "embedding" for m in parsed.mappings)
+                         or image is not None)  # words beside a photo: both in the joint space
             understood["dense"] = use_dense and bool({"text", "image"} & set(sources))
             if use_dense and ("text" in sources or "image" in sources):
                 q = self._encode_query(parsed.dense_text)

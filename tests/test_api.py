@@ -127,7 +127,12 @@ def test_english_text_search(client, search) -> None:
                                               ["category", "Sports Shoes"]]
     assert len(body["hits"]) == 5 and body["personalised"] is False
     assert all(category_of(search, h["id"]) == "Sports Shoes" for h in body["hits"])
-    assert set(body["hits"][0]["sources"]) == {"bm25", "text", "image", "graph"}
+    # every word understood through the graph: BM25 + graph rank it, no query encoding
+    assert set(body["hits"][0]["sources"]) == {"bm25", "graph"}
+    assert body["understood"]["dense"] is False
+    # a word the graph does not know brings the dense and joint-space sources in
+    r = client.get("/search", params={"q": "Men Black Sports Shoes breathable", "k": 5})
+    assert set(r.json()["hits"][0]["sources"]) == {"bm25", "text", "image", "graph"}
 
 
 def test_chinese_text_search_matches_english(client) -> None:
