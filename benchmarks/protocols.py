@@ -83,6 +83,8 @@ def main() -> int:
                                                       "random"],
                         help="PROTOCOL[:CUT] each, e.g. global-time:0.7")
     parser.add_argument("--gnn", action="store_true", help="train the GNN too (slow on CPU)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other runs already in the results file (re-run some)")
     parser.add_argument("--no-ablation", action="store_true",
                         help="skip the hybrid tuned on per-user rows under global-time")
     args = parser.parse_args()
@@ -102,10 +104,20 @@ def main() -> int:
     results["total_s"] = round(time.perf_counter() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"protocols_{args.dataset.replace('-', '')}"
+    if args.merge and (RESULTS / f"{name}.json").is_file():
+        results = merged(json.loads((RESULTS / f"{name}.json").read_text()), results)
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1, default=str))
     (RESULTS / f"{name}.md").write_text(markdown(results))
     print(markdown(results))
     return 0
+
+
+def merged(old: dict, new: dict) -> dict:
+    """`old`'s runs with `new`'s replacing those of the same name; both commands recorded."""
+    runs = {**old["runs"], **new["runs"]}
+    return {**new, "runs": runs, "total_s": old["total_s"] + new["total_s"],
+            "command": f"{old['command']}; then {new['command']}",
+            "machine": f"{old['machine']} / re-run: {new['machine']}"}
 
 
 def markdown(results: dict, k: int = 20) -> str:
