@@ -99,7 +99,7 @@ def relevant_rows(catalog: pd.DataFrame, attributes: dict[str, str | list[str]])
     mask = np.ones(len(frame), dtype=bool)
     for key, value in attributes.items():
         values = value if isinstance(value, list) else [value]
-        column = frame[key]
+        column = frame[{"baseColour": "colour"}.get(key, key)]  # styles.csv's own name
         if key == "brand":
             column, values = column.str.lower(), [v.lower() for v in values]
         mask &= column.isin(values).fillna(False).to_numpy(bool)
@@ -336,6 +336,10 @@ def main() -> None:
     parser.add_argument("--cached-only", action="store_true",
                         help="with --text-only: only the products whose E5 vectors are cached "
                              "(a partial catalog, when encoding all of it takes too long)")
+    parser.add_argument("--shoppers", type=Path, default=SHOPPERS,
+                        help="the shopper query file (default: fashion_shoppers.jsonl; "
+                             "fashion_shoppers_blind.jsonl was written by someone who never "
+                             "saw the alias lists or the code)")
     parser.add_argument("--out", default="search",
                         help="results file name in benchmarks/results (default: search)")
     args = parser.parse_args()
@@ -370,7 +374,7 @@ def main() -> None:
         QUERIES.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n"
                                    for q in build_queries(catalog, zh)))
     queries = [json.loads(line) for line in QUERIES.read_text().splitlines()]
-    shoppers = [json.loads(line) for line in SHOPPERS.read_text().splitlines()]
+    shoppers = [json.loads(line) for line in args.shoppers.read_text().splitlines()]
     ids = np.array(artifacts.ids)
     relevant = {q["id"]: set(ids[relevant_rows(catalog, q["attributes"])])
                 for q in queries + shoppers}
@@ -438,10 +442,13 @@ def main() -> None:
         "machine": machine(), "queries": {"dev": len(dev), "test": len(test),
                                           "file": os.path.relpath(QUERIES, ROOT),
                                           "shoppers": len(shoppers),
-                                          "shoppers_file": os.path.relpath(SHOPPERS, ROOT)},
+                                          "shoppers_file": os.path.relpath(
+                                              args.shoppers.resolve(), ROOT)},
         "command": COMMAND + (" --text-only" if args.text_only else "")
         + (" --cached-only" if args.cached_only else "")
-        + (" --lexical" if args.lexical else "") + (f" --out {args.out}"
+        + (" --lexical" if args.lexical else "")
+        + (f" --shoppers {os.path.relpath(args.shoppers.resolve(), ROOT)}"
+           if args.shoppers != SHOPPERS else "") + (f" --out {args.out}"
                                                     if args.out != "search" else ""),
         "sources": list(sources),
         "tuned_weights": weights, "results": results, "shoppers": by_kind,
