@@ -50,6 +50,29 @@ def _inverse_power(degrees: np.ndarray, exponent: float) -> np.ndarray:
     return out
 
 
+def randomized_right_singular_vectors(matrix: sp.csr_matrix, k: int, oversample: int = 64,
+                                      power_iterations: int = 7, seed: int = 0) -> np.ndarray:
+    """The top `k` right singular vectors by randomized subspace iteration (Halko, Martinsson
+    & Tropp 2011): a few sparse x (k + oversample) products instead of ARPACK's thousands of
+    matrix-vector products. The basis is kept orthonormal on the matrix's shorter side only,
+    so each step's QR is on the smaller of (rows, columns) x (k + oversample)."""
+    rng = np.random.default_rng(seed)
+    a = sp.csr_matrix(matrix, dtype=np.float64)
+    at = a.T.tocsr()
+    width = min(k + oversample, min(a.shape))
+    if a.shape[0] <= a.shape[1]:  # orthonormal basis of the row space side (rows x width)
+        basis, _ = np.linalg.qr(a @ rng.standard_normal((a.shape[1], width)))
+        for _ in range(power_iterations):
+            basis, _ = np.linalg.qr(a @ (at @ basis))
+        _, _, vt = np.linalg.svd((at @ basis).T, full_matrices=False)
+        return vt[:k].T
+    basis, _ = np.linalg.qr(at @ rng.standard_normal((a.shape[0], width)))  # columns x width
+    for _ in range(power_iterations):
+        basis, _ = np.linalg.qr(at @ (a @ basis))
+    _, _, wt = np.linalg.svd(a @ basis, full_matrices=False)
+    return basis @ wt[:k].T
+
+
 class GraphFilterRecommender(Recommender):
     """GF-CF's linear + ideal low-pass filter over users and knowledge-graph nodes."""
 
@@ -57,11 +80,15 @@ class GraphFilterRecommender(Recommender):
 
     def __init__(self, factors: int = 256, ideal_weight: float = 0.3,
                  row_exponent: float = 0.5, item_exponent: float = 0.5,
-                 kg_weight: float = 0.0, content_weight: float = 0.0, seed: int = 0) -> None:
+                 kg_weight: float = 0.0, content_weight: float = 0.0, seed: int = 0,
+                 solver: str = "randomized") -> None:
         if factors < 0:
             raise ValueError("factors must be >= 0 (0 = no ideal low-pass term)")
         if min(ideal_weight, kg_weight, content_weight) < 0:
             raise ValueError("ideal_weight, kg_weight and content_weight must be >= 0")
+        if solver not in ("randomized", "arpack"):
+            raise ValueError(f"solver must be 'randomized' or 'arpack', not {solver!r}")
+        self.solver = solver
         self.factors = int(factors)
         self.ideal_weight = float(ideal_weight)
         self.row_exponent = float(row_exponent)
@@ -80,7 +107,7 @@ class GraphFilterRecommender(Recommender):
         return {"factors": self.factors, "ideal_weight": self.ideal_weight,
                 "row_exponent": self.row_exponent, "item_exponent": self.item_exponent,
                 "kg_weight": self.kg_weight, "content_weight": self.content_weight,
-                "seed": self.seed}
+                "seed": self.seed, "solver": self.solver}
 
     # ---- training --------------------------------------------------------------------------
     def fit(self, user_items: sp.csr_matrix, item_links: sp.spmatrix | None = None,
@@ -131,16 +158,19 @@ class GraphFilterRecommender(Recommender):
         if min(graph.shape) <= 2 * k + 1 or graph.shape[0] * graph.shape[1] <= 4_000_000:
             _, _, vt = np.linalg.svd(graph.toarray().astype(np.float64), full_matrices=False)
             vectors = vt[:k].T
-        else:
+        elif self.solver == "arpack":
             from scipy.sparse.linalg import svds
 
             rng = np.random.default_rng(self.seed)
             start = rng.standard_normal(min(graph.shape))
             _, values, vt = svds(graph.astype(np.float64), k=k, v0=start)
             vectors = vt[np.argsort(-values)].T
+        else:
+            vectors = randomized_right_singular_vectors(graph, k, seed=self.seed)
         if log is not None:
             log(f"graph filter: top {k} singular vectors of a {graph.shape[0]:,} x "
-                f"{graph.shape[1]:,} graph in {time.perf_counter() - started:.1f} s")
+                f"{graph.shape[1]:,} graph ({self.solver}) in "
+                f"{time.perf_counter() - started:.1f} s")
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     # ---- scoring ---------------------------------------------------------------------------
@@ -208,7 +238,7 @@ class GraphFilterRecommender(Recommender):
         meta = json.loads((directory / META_FILE).read_text())
         model = cls(**{key: meta[key] for key in (
             "factors", "ideal_weight", "row_exponent", "item_exponent", "kg_weight",
-            "content_weight", "seed")})
+            "content_weight", "seed") if key in meta}, solver=meta.get("solver", "arpack"))
         model.graph = sp.load_npz(directory / "graph.npz").tocsr().astype(np.float32)
         model.graph_t = model.graph.T.tocsr()
         with np.load(directory / "filter.npz") as arrays:

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from recommender.base import Recommender
-from recommender.graph_filter import GraphFilterRecommender
+from recommender.graph_filter import GraphFilterRecommender, randomized_right_singular_vectors
 from tests.test_recommenders import RecommenderConformance, planted
 
 
@@ -98,3 +98,34 @@ def test_bad_parameters_are_refused() -> None:
         GraphFilterRecommender(factors=-1)
     with pytest.raises(ValueError, match="kg_weight"):
         GraphFilterRecommender(kg_weight=-0.1)
+
+
+def test_randomized_singular_vectors_span_the_exact_top_subspace() -> None:
+    rng = np.random.default_rng(3)
+    low_rank = rng.random((600, 12)) @ rng.random((12, 500))
+    matrix = sp.csr_matrix(low_rank + 0.01 * rng.random((600, 500)))
+    got = randomized_right_singular_vectors(matrix, 12)
+    exact = np.linalg.svd(matrix.toarray(), full_matrices=False)[2][:12].T
+    overlap = np.linalg.svd(got.T @ exact, compute_uv=False)  # cosines of principal angles
+    assert got.shape == (500, 12) and overlap.min() > 0.999
+
+
+def test_randomized_and_arpack_fits_rank_alike_on_a_sparse_graph() -> None:
+    # big enough (2,100 x 2,000) to leave the dense path; clustered like real baskets
+    rng = np.random.default_rng(5)
+    users, items = 2100, 2000
+    taste = rng.integers(0, 20, users)
+    cols = (taste[:, None] * 100 + rng.integers(0, 100, (users, 15))).ravel()
+    noise = rng.integers(0, items, users * 3)
+    rows = np.concatenate([np.repeat(np.arange(users), 15), np.repeat(np.arange(users), 3)])
+    matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, np.concatenate([cols, noise]))),
+                           shape=(users, items))
+    fast = GraphFilterRecommender(factors=20, solver="randomized").fit(matrix)
+    exact = GraphFilterRecommender(factors=20, solver="arpack").fit(matrix)
+    sample = np.arange(0, users, 50)
+    a = fast.recommend(sample, matrix[sample], k=20)[0]
+    b = exact.recommend(sample, matrix[sample], k=20)[0]
+    agreement = np.mean([len(set(x) & set(y)) / 20 for x, y in zip(a, b)])
+    assert agreement > 0.95
+    with pytest.raises(ValueError, match="solver"):
+        GraphFilterRecommender(solver="lanczos")
