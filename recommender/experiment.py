@@ -296,8 +296,9 @@ def run_models(split: Split, models: Sequence[str] = MODELS, config: HybridConfi
         if name in ("gnn", "hybrid"):
             continue
         log(f"{split.dataset}: fitting {name} ...")
-        params, tuning = (tune_baseline(name, split, config.threads, log) if tune
-                          else (dict(BASELINES[name]), {}))
+        # trending's half-life is learned on validation even without grids: it costs seconds
+        params, tuning = (tune_baseline(name, split, config.threads, log)
+                          if tune or name == "trending" else (dict(BASELINES[name]), {}))
         model = _baseline(name, config.threads, params)
         fit_args = {"interactions": split.train} if name == "trending" else {}
         with PeakMemory() as memory:
