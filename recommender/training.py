@@ -67,7 +67,7 @@ class HybridConfig:
     # the closed-form graph source (GF-CF over users + KG nodes): minutes on a CPU where the
     # GNN needs hours; None leaves it out
     graph_filter: dict[str, Any] | None = field(default_factory=lambda: {
-        "factors": 256, "ideal_weight": 0.3, "kg_weight": 0.1})
+        "factors": 256, "ideal_weight": 0.2, "item_exponent": 0.4, "kg_weight": 0.1})
     graph_paths: bool = True
     # time-aware sources (recommender.time_aware); None leaves one out. Trending's half-life
     # is learned on the validation rows and kept for the refit.
