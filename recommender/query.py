@@ -116,6 +116,11 @@ CHINESE_FILLER = (
     "找", "挑", "吗", "呢", "吧", "的", "了", "穿", "戴", "用", "会", "新", "双", "条", "件",
     "个", "瓶", "块", "副", "我", "你", "上", "去", "在", "和", "与", "都", "很", "点",
 )
+# Pronouns refer to someone the query may also name ("my son ... he needs"): the gender they
+# stand for counts only when no other phrase names that kind.
+PRONOUNS = frozenset({"he", "him", "his", "she", "her", "hers"})
+ENGLISH_WORDS = 30_000  # the most frequent English words (SymSpell's list) are never typos
+COMMON_WORDS = 3_000  # a brand spelled like one of these ("Only", "Red") must be capitalised
 MIN_EMBED_SCORE = 0.83  # cosine of an unknown word to its nearest graph name (E5 queries)
 MIN_EMBED_MARGIN = 0.03  # ... and its lead over the nearest name of another concept
 MIN_BRAND_PRODUCTS = 20  # brands with fewer products are not embedding targets (startup cost)
@@ -133,7 +138,27 @@ def normalise(text: str) -> str:
 def _t2s() -> Callable[[str], str]:
     import opencc
 
-    return opencc.OpenCC("t2s").convert
+    # Taiwan standard with phrases: also regional words (軟體 -> 软件), not only characters
+    return opencc.OpenCC("tw2sp").convert
+
+
+@lru_cache(maxsize=1)
+def _english_ranks() -> dict[str, int]:
+    """Rank of each of the `ENGLISH_WORDS` most frequent English words (1 = most frequent),
+    from the frequency list that ships with symspellpy (no download)."""
+    from importlib.resources import files
+
+    ranks: dict[str, int] = {}
+    text = files("symspellpy").joinpath("frequency_dictionary_en_82_765.txt").read_text()
+    for rank, line in enumerate(text.splitlines()[:ENGLISH_WORDS], start=1):
+        ranks[line.split(" ", 1)[0]] = rank
+    return ranks
+
+
+def is_english_word(word: str, top: int = ENGLISH_WORDS) -> bool:
+    """Whether `word` is among the `top` most frequent English words (so not a typo)."""
+    rank = _english_ranks().get(word.lower())
+    return rank is not None and rank <= top
 
 
 def _names(value: object) -> list[str]:
@@ -169,6 +194,7 @@ class QueryUnderstanding:
         self._speller_words = {w.lower() for w in vocabulary if w.isalpha()} | {
             w for key in english for w in key if w.isalpha()}
         self._wildcards: dict[str, set[str]] | None = None
+        self._pinyin: dict[str, set[str]] | None = None  # toneless pinyin -> Chinese names
         self.embed = embed
         self.min_score, self.min_margin = min_score, min_margin
         self._targets: tuple[list[Concept], np.ndarray] | None = None
@@ -249,6 +275,48 @@ class QueryUnderstanding:
                                             and _stem(s.term) not in self._joined, -s.count))
         return best[0].term if best and best[0].term != word else None
 
+    def _from_pinyin(self, text: str, parsed: ParsedQuery) -> str:
+        """Latin letters typed as pinyin for a Chinese name, alone or beside its other
+        characters ("pidai" or "皮dai" -> 皮带, "wei衣" -> 卫衣), replaced by the name.
+
+        Only runs that spell a whole name once joined with neighbouring characters' pinyin and
+        that fit exactly one concept. A run that is a name on its own must be 5+ letters and
+        no English or catalog word, so "polo", "gel" or "xl" stay as typed."""
+        if self._pinyin is None:
+            from pypinyin import Style, lazy_pinyin
+
+            self._pinyin = {}
+            for name in self._chinese_names:
+                if len(name) >= 2 and _CJK_RUN.fullmatch(name):
+                    key = "".join(lazy_pinyin(name, style=Style.NORMAL))
+                    self._pinyin.setdefault(key, set()).add(name)
+        for run in reversed(list(re.finditer(r"[a-z]+", text))):
+            word = run.group(0)
+            if len(word) < 2 or word in ENGLISH_FILLER:
+                continue
+            # a word the catalog or English uses stays as typed unless it joins characters
+            english = _stem(word) in self._vocabulary or is_english_word(word)
+            best: tuple[int, int, int, str] | None = None
+            for before in range(4):
+                for after in range(4):
+                    start, end = run.start() - before, run.end() + after
+                    left, right = text[max(start, 0):run.start()], text[run.end():end]
+                    if start < 0 or end > len(text) or not all(
+                            _CJK_RUN.fullmatch(part) for part in (left, right) if part):
+                        continue
+                    if not left and not right and (english or len(word) < 5):
+                        continue
+                    key = "".join(map(_sound, left)) + word + "".join(map(_sound, right))
+                    names = self._pinyin.get(key, set())
+                    if len({frozenset(self._chinese_lookup[n]) for n in names}) == 1:
+                        found = (end - start, -start, end, sorted(names)[0])
+                        best = max(best, found) if best else found
+            if best is not None:
+                start, end = -best[1], best[2]
+                parsed.corrections.append((text[start:end], best[3]))
+                text = f"{text[:start]}{best[3]}{text[end:]}"
+        return text
+
     def _correct_chinese(self, text: str, exact: list[tuple[int, int, str]]
                          ) -> list[tuple[int, int, str]]:
         """Spans of `text` one character away from a Chinese name, where the two characters
@@ -305,6 +373,7 @@ class QueryUnderstanding:
         self._targets_matrix()
         self._correct("warmup")
         self._correct_chinese("热身", [])
+        self._from_pinyin("reshen", ParsedQuery(text=""))
         _sound("热")
 
     def _nearest(self, phrases: list[str], also: list[str] = ()
@@ -328,8 +397,9 @@ class QueryUnderstanding:
     # ---- the parse ---------------------------------------------------------------------------
     def parse(self, text: str, embed_unknown: bool = True) -> ParsedQuery:
         """Concepts named in `text`, an English rendering, and how each was found."""
-        normalised = normalise(text)
-        parsed = ParsedQuery(text=text, normalised=normalised)
+        parsed = ParsedQuery(text=text)
+        normalised = self._from_pinyin(normalise(text), parsed)
+        parsed.normalised = normalised
         rendered = normalised
         unknown_cjk: list[str] = []
         if _CJK.search(normalised):
@@ -351,7 +421,7 @@ class QueryUnderstanding:
                         for n in (2, 3) for a in range(max(0, i - n + 1), i + 1)
                         if a + n <= len(stems))
             if (apart or low in ENGLISH_FILLER or stems[i] in self._vocabulary
-                    or stems[i] in self._joined):
+                    or stems[i] in self._joined or is_english_word(low)):
                 fixed.append(word)
                 continue
             corrected = self._correct(low)
@@ -360,7 +430,12 @@ class QueryUnderstanding:
                 fixed.append(corrected)
             else:
                 fixed.append(word)
-        english_words, residual = self._english_ngrams(fixed, parsed)
+        # a pronoun stands for someone: its gender counts only if nothing else names one
+        scratch = ParsedQuery(text=text, corrections=list(parsed.corrections))
+        self._english_ngrams(fixed, scratch)
+        named = {str(m["kind"]) for m in parsed.mappings + scratch.mappings
+                 if str(m["phrase"]).lower() not in PRONOUNS}
+        english_words, residual = self._english_ngrams(fixed, parsed, named)
         unknown = [w for w in residual if w.lower() not in ENGLISH_FILLER
                    and _stem(w) not in self._vocabulary]
         # the dense model reads the query without filler, unknown words as typed (it may know
@@ -415,11 +490,17 @@ class QueryUnderstanding:
                     parsed.dropped.append(run)
         return rendered, unknown
 
-    def _english_ngrams(self, words: list[str], parsed: ParsedQuery
+    def _english_ngrams(self, words: list[str], parsed: ParsedQuery,
+                        named_kinds: set[str] = frozenset()
                         ) -> tuple[list[tuple[str, bool]], list[str]]:
         """Word n-grams against stemmed names (apart or written together), longest first.
-        Returns the rendering as (word, kept in the search text) and the unmapped words."""
+        Returns the rendering as (word, kept in the search text) and the unmapped words.
+
+        A pronoun whose concepts' kinds another phrase names (`named_kinds`) is filler, and a
+        one-word brand spelled like a common English word ("only", "red") counts only where
+        the query capitalises it ("ONLY jeans", not "she only wants pink")."""
         stems = [_stem(w) for w in words]
+        typed = {w for w in _WORD.findall(parsed.text) if w[:1].isupper()}
         out: list[tuple[str, bool]] = []
         residual: list[str] = []
         i = 0
@@ -429,6 +510,13 @@ class QueryUnderstanding:
                 concepts = self._english.get(key) or (self._joined.get("".join(key))
                                                      if n > 1 or len(key[0]) >= 4 else None)
                 if key == ("",) or not concepts:
+                    continue
+                word = words[i].lower()
+                if n == 1 and word in PRONOUNS and {c.kind for c in concepts} <= named_kinds:
+                    continue
+                if (n == 1 and all(c.kind == "brand" for c in concepts)
+                        and is_english_word(word, COMMON_WORDS)
+                        and not any(t.lower() == word for t in typed)):
                     continue
                 exact = key in self._english
                 group = sorted(concepts, key=_order)

@@ -14,7 +14,7 @@ from api.app import create_app
 from api.cli import main
 from kg.embedded import EmbeddedStore
 from kg.importers import load_dataset
-from kg.schema import DataError
+from kg.schema import DataError, GraphBatch
 from recommender.content import build_lexical
 from recommender.query import Concept, QueryUnderstanding
 from recommender.search import ProductSearch
@@ -140,6 +140,68 @@ def test_chinese_homophone_typo_is_corrected(shop: ProductSearch) -> None:
     # a different-sounding character is no typo: 的 (de) is not 鞋 (xie)
     understanding = shop.understanding
     assert understanding.parse("跑的").corrections == []
+
+
+def test_pinyin_typed_for_a_chinese_name(shop: ProductSearch) -> None:
+    """A pinyin keyboard left in Latin mode: whole names or the rest of a started name."""
+    result = shop.search("女士niuzai裤", k=1)  # niuzai + 裤 (ku) spells 牛仔裤
+    assert result.hits[0].id == "p8"
+    assert {"typed": "niuzai裤", "corrected": "牛仔裤"} in result.understood["corrections"]
+    assert shop.search("耐克 女士 paoxie", k=1).hits[0].id == "p2"  # 跑鞋, standalone
+    # an English or catalog word is no pinyin on its own, nor are short runs
+    assert shop.understanding.parse("nike pink").corrections == []
+
+
+def direct_understanding() -> QueryUnderstanding:
+    attributes = pd.DataFrame([
+        {"kind": "gender", "value": "Men", "aliases": "he|him|his|husband"},
+        {"kind": "gender", "value": "Boys", "aliases": "son"},
+        {"kind": "gender", "value": "Women", "aliases": "she|her"},
+        {"kind": "gender", "value": "Girls", "aliases": "daughter"},
+        {"kind": "colour", "value": "Pink"}])
+    categories = pd.DataFrame([{"name": "Tshirts", "aliases": "t-shirt"}, {"name": "Shoes"}])
+    brands = pd.DataFrame([{"name": "ONLY"}, {"name": "Nike"}])
+    return QueryUnderstanding.from_graph(attributes, categories, brands,
+                                         vocabulary=["toned", "football", "shoes"])
+
+
+def test_a_pronoun_gives_way_to_the_person_it_stands_for() -> None:
+    parse = direct_understanding().parse
+    parsed = parse("my son joined a football club and he needs shoes")
+    assert parsed.groups == [[Concept("gender", "Boys")], [Concept("category", "Shoes")]]
+    assert "he" in parsed.dropped
+    assert parse("shoes for him").groups == [[Concept("category", "Shoes")],
+                                             [Concept("gender", "Men")]]
+
+
+def test_common_english_words_are_not_typos_nor_lowercase_brands() -> None:
+    parse = direct_understanding().parse
+    assert parse("joined").corrections == []  # an English word, not a typo of "toned"
+    assert parse("tonned").corrections == [("tonned", "toned")]
+    sentence = parse("my daughter only wants pink t-shirts")
+    assert Concept("brand", "ONLY") not in sentence.concepts
+    assert Concept("gender", "Girls") in sentence.concepts
+    assert Concept("brand", "ONLY") in parse("ONLY t-shirts").concepts
+    assert Concept("brand", "Nike") in parse("nike shoes").concepts  # not a common word
+
+
+def test_taiwan_phrases_convert_to_mainland_words() -> None:
+    from recommender.query import normalise
+
+    assert normalise("軟體") == "软件"  # a regional word, not only its characters
+
+
+def test_world_brand_names_reach_the_catalog_brands() -> None:
+    from kg.importers.base import add_aliases
+    from kg.importers.fashion import ATTRIBUTE_COLUMNS, CATEGORY_LEVELS
+
+    batch = GraphBatch()
+    batch.add_nodes("Brand", pd.DataFrame({"id": ["skechers", "nike", "unknown brand"],
+                                           "name": ["Skechers", "Nike", "Unknown Brand"]}))
+    assert add_aliases(batch, "fashion_aliases", CATEGORY_LEVELS, ATTRIBUTE_COLUMNS) == 2
+    brands = batch.node_frame("Brand").set_index("id")["aliases"]
+    assert "斯凯奇" in brands["skechers"].split("|")  # world_brands.tsv
+    assert "耐克" in brands["nike"].split("|")  # the fashion catalog's own list
 
 
 def test_written_together_or_apart_and_hyphens(shop: ProductSearch) -> None:
