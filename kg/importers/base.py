@@ -129,6 +129,7 @@ def add_chinese_names(batch: GraphBatch, lexicon: str, category_levels: Sequence
 
 
 BRAND_KIND = "brand"
+WORLD_BRANDS = "world_brands"  # kg/lexicons/world_brands.tsv, applied by every add_aliases
 
 
 def alias_nodes(table: pd.DataFrame, batch: GraphBatch, category_levels: Sequence[str],
@@ -170,12 +171,16 @@ def alias_nodes(table: pd.DataFrame, batch: GraphBatch, category_levels: Sequenc
 
 def add_aliases(batch: GraphBatch, lexicon: str, category_levels: Sequence[str],
                 attribute_kinds: Collection[str]) -> int:
-    """Copy the alias lexicon `kg/lexicons/<lexicon>.tsv` onto the batch's nodes as `aliases`.
+    """Copy the alias lexicon `kg/lexicons/<lexicon>.tsv`, and the world brand names of the
+    catalog's brands (`kg/lexicons/world_brands.tsv`), onto the batch's nodes as `aliases`.
 
     Call after categories, attributes and brands are added. Returns how many nodes were named.
     """
     table = load_aliases(lexicon, kinds={*category_levels, *attribute_kinds, BRAND_KIND,
                                          "category"})
+    # international brands' names (耐克, 斯凯奇, ck) for whichever of them the catalog sells
+    table = pd.concat([table, load_aliases(WORLD_BRANDS, kinds={BRAND_KIND})],
+                      ignore_index=True)
     named = alias_nodes(table, batch, category_levels, attribute_kinds)
     for label, frame in named.items():
         batch.add_nodes(label, frame[["id", "aliases"]])
