@@ -350,10 +350,17 @@ def main() -> None:
     from recommender.search import SOURCES, ProductSearch
 
     store = open_store("embedded", args.workspace)
-    brands = store.node_table("Brand")
-    if store.counts()["nodes"]["Product"] == 0 or "aliases" not in brands.columns:
-        print("loading fashion (merges onto a graph loaded before aliases) ...", file=sys.stderr)
+    # the graph carries the lexicons' names and aliases as they were at its load: load again
+    # (a merge) whenever a lexicon file changed since
+    stamp = args.workspace / "lexicons.sha256"
+    lexicons = hashlib.sha256(b"".join(
+        p.read_bytes() for p in sorted((ROOT / "kg" / "lexicons").glob("*.tsv")))).hexdigest()
+    if (store.counts()["nodes"]["Product"] == 0
+            or not stamp.exists() or stamp.read_text() != lexicons):
+        print("loading fashion (the graph is empty or the lexicons changed) ...",
+              file=sys.stderr)
         load_dataset("fashion", store, progress=True)
+        stamp.write_text(lexicons)
     sources = tuple(s for s in SOURCES if s != "image") if args.text_only else SOURCES
     if args.lexical:
         sources = ("bm25", "graph")
