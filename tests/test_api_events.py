@@ -4,17 +4,13 @@ processes that share the store (`shopgraph serve --workers N`)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -23,11 +19,9 @@ from fastapi.testclient import TestClient
 
 from api.app import MAX_EVENT_BATCH, create_app
 from kg.embedded import EmbeddedStore
+from tests.serve_process import KEY, ROOT, free_port, get, post, start_server
 from tests.shop_graph import trained_shop
 from tests.test_service import TINY
-
-ROOT = Path(__file__).resolve().parents[1]
-KEY = {"X-API-Key": "events-key"}
 
 
 @pytest.fixture(scope="module")
@@ -105,47 +99,6 @@ def test_a_second_app_on_the_store_picks_up_the_events_of_the_first(copy) -> Non
 
 
 # ---- real server processes ------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(ws: Path, port: int, workers: int = 1) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SHOPGRAPH_API_KEY": KEY["X-API-Key"]}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workspace", str(ws),
-         "--store", "embedded", "--workers", str(workers)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and server.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as r:
-                if json.loads(r.read())["recommender"]:
-                    return server
-        except OSError:
-            time.sleep(0.3)
-    server.kill()
-    raise AssertionError("the server did not become ready")
-
-
-def post(port: int, path: str, body: object, timeout: float = 10) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST",
-        headers={"content-type": "application/json", **KEY})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def get(port: int, path: str) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-        return json.loads(r.read())
-
-
 def test_sigkill_loses_no_acknowledged_event_and_retries_double_none(copy) -> None:
     """4 clients stream events (one distinct edge each, with an event_id) into a real server;
     it is SIGKILLed mid-stream. Every event answered 201 is in the store; re-posting the whole
