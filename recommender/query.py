@@ -127,11 +127,35 @@ MIN_BRAND_PRODUCTS = 20  # brands with fewer products are not embedding targets 
 
 
 def normalise(text: str) -> str:
-    """NFKC (full-width letters, compatibility forms), lower case, traditional -> simplified."""
+    """NFKC (full-width letters, compatibility forms), lower case, traditional -> simplified,
+    then Hong Kong and Taiwan product words -> the mainland ones (`kg/lexicons/regional_zh`)."""
     text = unicodedata.normalize("NFKC", text).lower()
     if _CJK.search(text):
         text = _t2s()(text)
+        for regional, mainland in _regional_words():
+            if regional in text:
+                text = text.replace(regional, mainland)
     return text
+
+
+@lru_cache(maxsize=1)
+def _regional_words() -> list[tuple[str, str]]:
+    """(regional, mainland) pairs, simplified and lower-cased like queries, longest first."""
+    from kg.lexicons import LEXICONS
+    from kg.schema import DataError
+
+    path = LEXICONS / "regional_zh.tsv"
+    pairs: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split("\t")]
+        if len(parts) != 2 or not all(parts):
+            raise DataError("expected 2 tab-separated fields: regional word, mainland word",
+                            file=str(path), line=number)
+        regional = _t2s()(unicodedata.normalize("NFKC", parts[0]).lower())
+        pairs[regional] = parts[1].lower()
+    return sorted(pairs.items(), key=lambda pair: (-len(pair[0]), pair[0]))
 
 
 @lru_cache(maxsize=1)

@@ -191,6 +191,16 @@ def test_taiwan_phrases_convert_to_mainland_words() -> None:
     assert normalise("軟體") == "软件"  # a regional word, not only its characters
 
 
+def test_hong_kong_and_taiwan_words_become_the_mainland_ones(shop: ProductSearch) -> None:
+    from recommender.query import normalise
+
+    assert normalise("男裝波鞋") == "男装运动鞋"  # Hong Kong: 波鞋 are sneakers
+    assert normalise("白色洋裝") == "白色连衣裙"  # Taiwan: 洋裝 is a dress
+    result = shop.search("老公 黑色波鞋", k=1)
+    assert result.hits[0].id == "p1"
+    assert ["category", "Sports Shoes"] in result.understood["concepts"]
+
+
 def test_world_brand_names_reach_the_catalog_brands() -> None:
     from kg.importers.base import add_aliases
     from kg.importers.fashion import ATTRIBUTE_COLUMNS, CATEGORY_LEVELS
