@@ -94,14 +94,20 @@ def chinese_names(attributes: pd.DataFrame, categories: pd.DataFrame) -> dict:
 
 
 def relevant_rows(catalog: pd.DataFrame, attributes: dict[str, str | list[str]]) -> np.ndarray:
-    """Rows carrying every attribute (a list: any of its values; brands ignore case)."""
+    """Rows carrying every attribute (a list: any of its values). A brand ignores case and
+    takes in its lines, as the query files define it: "Casio" is also "CASIO Enticer"."""
     frame = catalog.assign(articleType=article_type(catalog))
     mask = np.ones(len(frame), dtype=bool)
     for key, value in attributes.items():
         values = value if isinstance(value, list) else [value]
         column = frame[{"baseColour": "colour"}.get(key, key)]  # styles.csv's own name
         if key == "brand":
-            column, values = column.str.lower(), [v.lower() for v in values]
+            names = column.fillna("").str.lower()
+            hit = np.zeros(len(frame), dtype=bool)
+            for brand in (v.lower() for v in values):
+                hit |= ((names == brand) | names.str.startswith(brand + " ")).to_numpy(bool)
+            mask &= hit
+            continue
         mask &= column.isin(values).fillna(False).to_numpy(bool)
     return np.flatnonzero(mask)
 
