@@ -5,23 +5,42 @@ queries, optionally restricted by attribute filters and exclusions:
 
 * kind "flat": exact search (`IndexFlatIP` / `IndexFlatL2`); "hnsw": approximate search with
   `IndexHNSWFlat` (M=32, efConstruction=80, efSearch 128 by default, tunable per index);
-  "auto": flat up to `exact_threshold` items, HNSW above, since exact search over a catalog of a
-  few ten thousand items is already fast and needs no tuning.
+  "ivf": approximate search with `IndexIVFFlat` whose coarse quantizer is an `IndexHNSWFlat`
+  over the centroids (faiss "IVF{nlist}_HNSW32,Flat"); "auto": flat below `ivf_min_items`
+  items (`IVF_MIN_ITEMS`, chosen from `benchmarks/ann_index.py`), IVF at and above, since exact
+  search is fast and needs no tuning below that size and IVF is clearly faster above it.
+* IVF: nlist = 4 * sqrt(n) (bounded by n / 39, faiss' minimum of training points per list, and
+  by `IVF_MAX_NLIST`), k-means trained on a seeded sample of `IVF_TRAIN_PER_LIST` rows per list.
+  nprobe is tuned at build time: the smallest on a 1, 2, 3, 4, 6, 8, 12, ... grid whose
+  recall@20 against exact search reaches `target_recall` (0.95) + `IVF_TUNING_MARGIN` (0.02) on
+  `IVF_RECALL_QUERIES` (200) seeded self-queries: rows of the indexed vectors, each query's own
+  row left out of both result lists. That nprobe and the recall it measured are kept with the
+  index (`params`, saved in meta.json), so every IVF index says how exact it is. Should no
+  nprobe reach the target (vectors without cluster structure), "ivf" warns and "auto" builds
+  the flat index instead.
+  The lists hold full vectors ("Flat"), not PQ codes: the catalogs here (up to ~1M items of
+  64-384 dims, 0.25-1.5 GB) fit in memory, and PQ would cost recall that re-ranking would have to
+  buy back; PQ is the step for tens of millions of items. The HNSW quantizer makes the coarse
+  assignment (adding vectors, the first step of each query) sub-linear in nlist.
 * metric "ip" scores by inner product (higher is better) and "l2" by squared Euclidean distance
   (lower is better). Vectors are never normalised here: pass unit vectors for cosine similarity.
-* Flat indexes move to the GPU when faiss-gpu sees one (`use_gpu=None`), falling back to the CPU
-  on any failure; `device` says which is used. HNSW always stays on the CPU because faiss has no
-  GPU HNSW. Filtered or excluding searches always run on the CPU copy, because faiss GPU indexes
-  do not take `IDSelector`s; only unrestricted searches use the GPU.
+* Flat and IVF indexes move to the GPU when faiss-gpu sees one (`use_gpu=None`), falling back
+  to the CPU on any failure; `device` says which is used (the GPU IVF copy inherits the tuned
+  nprobe; the IVF GPU path has not been run on a GPU in this project's tests). HNSW always
+  stays on the CPU because faiss has no GPU HNSW. Filtered or excluding searches always run on
+  the CPU copy, because faiss GPU indexes do not take `IDSelector`s; only unrestricted searches
+  use the GPU.
 * Filters and exclusions become a faiss `IDSelectorBatch` passed through `SearchParameters`, so
   faiss skips disallowed items during the search instead of the caller over-fetching and
   dropping them: a filter keeping 1% of the catalog still yields k results when k exist. For
   HNSW, a filter that keeps at most `exact_threshold` items is answered exactly by scanning the
   HNSW's flat storage with the selector (a graph walk where most nodes are filtered out loses
   recall), and any query row that HNSW answers with fewer than k results is redone exactly.
+  IVF does the same; its exact scan visits every inverted list (the lists hold the full
+  vectors, so no second flat copy is kept).
 
-Searches never mutate the index (efSearch is passed per call), so one index may serve
-concurrent readers.
+Searches never mutate the index (efSearch and nprobe are passed per call), so one index may
+serve concurrent readers. Indexes are built once and never updated in place: rebuild to change them.
 """
 
 from __future__ import annotations
@@ -52,13 +71,27 @@ HNSW_EF_CONSTRUCTION = 80
 DEFAULT_EF_SEARCH = 128
 DEFAULT_EXACT_THRESHOLD = 20_000
 
+# IVF: "auto" switches from exact to IVF at this many items (benchmarks/results/ann_index.md)
+IVF_MIN_ITEMS = 30_000
+IVF_QUANTIZER_M = 32  # HNSW links per centroid in the coarse quantizer
+IVF_QUANTIZER_EF = 64  # the quantizer's efSearch floor (raised to 2 * nprobe)
+IVF_MAX_NLIST = 65_536
+IVF_TRAIN_PER_LIST = 50  # k-means sample: rows per list (faiss wants >= 39)
+IVF_RECALL_QUERIES = 200
+IVF_RECALL_K = 20
+DEFAULT_TARGET_RECALL = 0.95
+# nprobe is tuned to target + margin on 200 queries: the mean recall of 200 queries has a
+# standard error near 0.01, so the margin keeps the recall of unseen queries at the target
+IVF_TUNING_MARGIN = 0.02
+DEFAULT_SEED = 0
+
 # Filter keys whose values are category paths: {"category": "Apparel"} matches "Apparel" itself
 # and every path below it ("Apparel > Topwear", ...) but not "Apparel Accessories".
 PATH_COLUMNS = frozenset({"category"})
 PATH_SEPARATOR = " > "
 
 METRICS = ("ip", "l2")
-KINDS = ("flat", "hnsw")
+KINDS = ("flat", "hnsw", "ivf")
 
 Result = list[tuple[str, float]]
 
@@ -113,10 +146,10 @@ def _gpu_available() -> bool:
 
 
 def _to_gpu(cpu_index: Any, kind: str, use_gpu: bool | None) -> Any | None:
-    """A GPU copy of a flat index, or None to stay on the CPU (always a safe fallback)."""
+    """A GPU copy of a flat or IVF index, or None to stay on the CPU (always a safe fallback)."""
     if use_gpu is False:
         return None
-    if kind != "flat":
+    if kind == "hnsw":
         if use_gpu:
             warnings.warn("faiss has no GPU HNSW; the HNSW index stays on the CPU", stacklevel=3)
         return None
@@ -150,6 +183,115 @@ def _check_ids(ids: Sequence[str], rows: int) -> list[str]:
     return ids
 
 
+def ivf_nlist(count: int) -> int:
+    """Inverted lists for `count` vectors: 4 * sqrt(count), at least 39 training rows per list.
+
+    Why 4 * sqrt(n): a query scans nprobe lists of ~n / nlist vectors after comparing with the
+    nlist centroids, so the two costs balance near sqrt(n); a few times more lists keeps each
+    scanned list short, which the HNSW quantizer makes affordable.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    return int(max(1, min(round(4 * np.sqrt(count)), count // 39, IVF_MAX_NLIST)))
+
+
+def _self_recall(exact: np.ndarray, approx: np.ndarray, rows: np.ndarray, k: int) -> float:
+    """Mean recall@k of `approx` against `exact` for self-queries, the query's own row left out."""
+    hits = []
+    for row, true, found in zip(rows, exact, approx):
+        true_set = set(true[(true >= 0) & (true != row)][:k].tolist())
+        if not true_set:
+            continue
+        found_set = set(found[(found >= 0) & (found != row)][:k].tolist())
+        hits.append(len(true_set & found_set) / len(true_set))
+    return float(np.mean(hits)) if hits else 1.0
+
+
+def _nprobe_grid(nlist: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 12, 16, ... (powers of two and 1.5 times them), ending at nlist."""
+    grid = {nlist}
+    power = 1
+    while power < nlist:
+        grid.update({power, min(nlist, power * 3 // 2 or 1)})
+        power *= 2
+    return sorted(grid)
+
+
+def _ivf_params(nprobe: int, selector: Any = None) -> Any:
+    quantizer = faiss.SearchParametersHNSW(efSearch=max(IVF_QUANTIZER_EF, 2 * nprobe))
+    if selector is None:
+        return faiss.SearchParametersIVF(nprobe=nprobe, quantizer_params=quantizer)
+    return faiss.SearchParametersIVF(nprobe=nprobe, quantizer_params=quantizer, sel=selector)
+
+
+def _ivf_exact(ivf: Any, q: np.ndarray, k: int, selector: Any = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k from an IVF-Flat index: every inverted list scanned (they hold the vectors).
+
+    Uses `search_preassigned` with all lists assigned to every query, in chunks that keep the
+    assignment matrix (queries x nlist) near 4M entries.
+    """
+    nlist = int(ivf.nlist)
+    n = q.shape[0]
+    scores = np.empty((n, k), dtype=np.float32)
+    positions = np.empty((n, k), dtype=np.int64)
+    params = (faiss.SearchParametersIVF(nprobe=nlist) if selector is None
+              else faiss.SearchParametersIVF(nprobe=nlist, sel=selector))
+    chunk = max(1, 4_000_000 // nlist)
+    for start in range(0, n, chunk):
+        part = np.ascontiguousarray(q[start:start + chunk])
+        m = part.shape[0]
+        assign = np.ascontiguousarray(np.broadcast_to(np.arange(nlist, dtype=np.int64),
+                                                      (m, nlist)))
+        coarse = np.zeros((m, nlist), dtype=np.float32)
+        d = np.empty((m, k), dtype=np.float32)
+        i = np.empty((m, k), dtype=np.int64)
+        ivf.search_preassigned_c(m, faiss.swig_ptr(part), k, faiss.swig_ptr(assign),
+                                 faiss.swig_ptr(coarse), faiss.swig_ptr(d), faiss.swig_ptr(i),
+                                 False, params)
+        scores[start:start + m], positions[start:start + m] = d, i
+    return scores, positions
+
+
+def _build_ivf(x: np.ndarray, faiss_metric: int, seed: int, target_recall: float
+               ) -> tuple[Any, dict[str, Any]]:
+    """A trained, filled IVF-Flat index with HNSW quantizer and its tuned nprobe (see module)."""
+    n, dim = x.shape
+    nlist = ivf_nlist(n)
+    quantizer = faiss.IndexHNSWFlat(dim, IVF_QUANTIZER_M, faiss_metric)
+    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss_metric)
+    # k-means assigns with a flat index (faiss would otherwise rebuild the HNSW every
+    # iteration: 10x slower training); the HNSW quantizer gets the final centroids.
+    clustering = faiss.IndexFlat(dim, faiss_metric)
+    ivf.clustering_index = clustering
+    ivf.cp.seed = seed
+    ivf.cp.min_points_per_centroid = 1  # tiny indexes: no faiss warning about few points
+    rng = np.random.default_rng(seed)
+    train_size = min(n, nlist * IVF_TRAIN_PER_LIST)
+    sample = x if train_size == n else x[np.sort(rng.choice(n, train_size, replace=False))]
+    ivf.train(sample)
+    ivf.clustering_index = None  # not saved; `clustering` may be freed after this function
+    ivf.add(x)
+    ivf.make_direct_map()  # reconstruct() by position
+    # nprobe: the smallest on the grid reaching target + margin on held self-queries
+    rows = np.sort(rng.choice(n, min(n, IVF_RECALL_QUERIES), replace=False))
+    k = min(IVF_RECALL_K + 1, n)  # +1: the query's own row is dropped
+    _, exact = _ivf_exact(ivf, x[rows], k)
+    nprobe, measured = nlist, 0.0
+    for nprobe in _nprobe_grid(nlist):
+        _, found = ivf.search(x[rows], k, params=_ivf_params(nprobe))
+        measured = _self_recall(exact, found, rows, IVF_RECALL_K)
+        if measured >= min(1.0, target_recall + IVF_TUNING_MARGIN):
+            break
+    ivf.nprobe = nprobe  # also the default saved in index.faiss and copied to a GPU clone
+    faiss.downcast_index(ivf.quantizer).hnsw.efSearch = max(IVF_QUANTIZER_EF, 2 * nprobe)
+    params = {"nlist": nlist, "nprobe": int(nprobe), "quantizer": f"HNSW{IVF_QUANTIZER_M}",
+              "storage": "Flat", "train_size": int(train_size), "seed": int(seed),
+              "recall_at_20": round(measured, 4), "recall_queries": int(len(rows)),
+              "target_recall": float(target_recall)}
+    return ivf, params
+
+
 def _align_attributes(attributes: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
     """One attribute row per id, in id order, indexed by id (from the index or an `id` column)."""
     if not isinstance(attributes, pd.DataFrame):
@@ -181,6 +323,7 @@ class VectorIndex:
         exact_threshold: int,
         ef_search: int,
         use_gpu: bool | None,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
         """Internal: use `VectorIndex.build` or `VectorIndex.load`."""
         self._cpu = cpu_index
@@ -191,8 +334,17 @@ class VectorIndex:
         self._attributes = attributes
         self._codes: dict[str, tuple[np.ndarray, list[Any], dict[Any, int]]] = {}
         self.exact_threshold = int(exact_threshold)
-        # The exact scanner: the flat index itself, or the HNSW's flat storage (same positions).
-        self._flat = cpu_index if kind == "flat" else faiss.downcast_index(cpu_index.storage)
+        # The exact scanner: the flat index itself, or the HNSW's flat storage (same positions);
+        # IVF scans all of its own lists instead (see `_exact`).
+        self._flat = (cpu_index if kind == "flat" else None if kind == "ivf"
+                      else faiss.downcast_index(cpu_index.storage))
+        self._params: dict[str, Any] = dict(params or {})
+        if kind == "ivf":
+            if int(cpu_index.direct_map.type) == 0:  # NoMap: a file written without one
+                cpu_index.make_direct_map()
+            self._params.setdefault("nlist", int(cpu_index.nlist))
+            self._params.setdefault("nprobe", int(cpu_index.nprobe))
+            self._nprobe = int(self._params["nprobe"])
         self._gpu = _to_gpu(cpu_index, kind, use_gpu)
         self.ef_search = ef_search
 
@@ -209,36 +361,60 @@ class VectorIndex:
         exact_threshold: int = DEFAULT_EXACT_THRESHOLD,
         use_gpu: bool | None = None,
         ef_search: int = DEFAULT_EF_SEARCH,
+        ivf_min_items: int = IVF_MIN_ITEMS,
+        target_recall: float = DEFAULT_TARGET_RECALL,
+        seed: int = DEFAULT_SEED,
     ) -> VectorIndex:
         """Index `vectors` (rows aligned with `ids`); see the module docstring for the choices.
 
         `attributes` (one row per id, id as index or `id` column; extra rows are ignored) makes
-        `filters` available in searches. Raises ValueError on a bad shape, non-float dtype,
-        NaN/inf, duplicate or missing ids, TypeError on non-string ids.
+        `filters` available in searches. `ivf_min_items` is where "auto" switches to IVF;
+        `target_recall` and `seed` drive IVF's nprobe tuning and training sample. Raises
+        ValueError on a bad shape, non-float dtype, NaN/inf, duplicate or missing ids, bad
+        settings, TypeError on non-string ids.
         """
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         if kind not in (*KINDS, "auto"):
-            raise ValueError(f"kind must be 'flat', 'hnsw' or 'auto', got {kind!r}")
+            raise ValueError(f"kind must be one of {(*KINDS, 'auto')}, got {kind!r}")
         if isinstance(exact_threshold, bool) or int(exact_threshold) < 0:
             raise ValueError(f"exact_threshold must be >= 0, got {exact_threshold!r}")
+        if isinstance(ivf_min_items, bool) or int(ivf_min_items) < 1:
+            raise ValueError(f"ivf_min_items must be >= 1, got {ivf_min_items!r}")
+        if not 0.0 < float(target_recall) <= 1.0:
+            raise ValueError(f"target_recall must be in (0, 1], got {target_recall!r}")
         x = _as_matrix(vectors, "vectors")
         if x.shape[0] == 0:
             raise ValueError("cannot build an index from 0 vectors")
         id_list = _check_ids(ids, x.shape[0])
         frame = None if attributes is None else _align_attributes(attributes, id_list)
-        if kind == "auto":
-            kind = "flat" if x.shape[0] <= exact_threshold else "hnsw"
+        auto = kind == "auto"
+        if auto:
+            kind = "flat" if x.shape[0] < ivf_min_items else "ivf"
         dim = x.shape[1]
         faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+        params: dict[str, Any] = {}
+        if kind == "ivf":
+            index, params = _build_ivf(x, faiss_metric, int(seed), float(target_recall))
+            if params["recall_at_20"] < target_recall:
+                message = (f"IVF reaches recall@20 {params['recall_at_20']:.3f} < "
+                           f"{target_recall} even at nprobe=nlist={params['nlist']} (vectors "
+                           "without cluster structure?)")
+                if not auto:
+                    warnings.warn(message, stacklevel=2)
+                else:
+                    warnings.warn(message + "; building the exact flat index", stacklevel=2)
+                    kind, params = "flat", {}
         if kind == "flat":
             index = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
-        else:
+            index.add(x)
+        elif kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss_metric)
             index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.add(x)
+            index.add(x)
         return cls(index, id_list, kind=kind, metric=metric, attributes=frame,
-                   exact_threshold=exact_threshold, ef_search=ef_search, use_gpu=use_gpu)
+                   exact_threshold=exact_threshold, ef_search=ef_search, use_gpu=use_gpu,
+                   params=params)
 
     # ------------------------------------------------------------------ properties
 
@@ -259,7 +435,7 @@ class VectorIndex:
 
     @property
     def kind(self) -> str:
-        """'flat' or 'hnsw' (resolved from 'auto' at build time)."""
+        """'flat', 'hnsw' or 'ivf' (resolved from 'auto' at build time)."""
         return self._kind
 
     @property
@@ -280,6 +456,41 @@ class VectorIndex:
     def attributes(self) -> pd.DataFrame | None:
         """A copy of the filterable attributes, indexed by id in index order (None if absent)."""
         return None if self._attributes is None else self._attributes.copy()
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Kind-specific build parameters, e.g. IVF's nlist, nprobe, quantizer and the
+        recall@20 against exact search measured at build time (empty for flat)."""
+        params = dict(self._params)
+        if self._kind == "hnsw":
+            params.update({"M": HNSW_M, "ef_search": self._ef_search})
+        return params
+
+    @property
+    def nprobe(self) -> int:
+        """IVF lists scanned per query (tuned at build time); ValueError for other kinds."""
+        if self._kind != "ivf":
+            raise ValueError(f"nprobe applies to IVF indexes, this one is {self._kind!r}")
+        return self._nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        if self._kind != "ivf":
+            raise ValueError(f"nprobe applies to IVF indexes, this one is {self._kind!r}")
+        nlist = int(self._cpu.nlist)
+        if (isinstance(value, bool) or not isinstance(value, int | np.integer)
+                or not 1 <= value <= nlist):
+            raise ValueError(f"nprobe must be an integer in [1, {nlist}], got {value!r}")
+        self._nprobe = int(value)
+        self._params["nprobe"] = self._nprobe
+        # measured for the tuned nprobe only
+        self._params.pop("recall_at_20", None)
+        self._cpu.nprobe = self._nprobe
+        if self._gpu is not None:
+            try:
+                faiss.GpuParameterSpace().set_index_parameter(self._gpu, "nprobe", self._nprobe)
+            except Exception:  # noqa: BLE001 - not a faiss GPU index (or no GPU build)
+                self._gpu.nprobe = self._nprobe
 
     @property
     def ef_search(self) -> int:
@@ -452,6 +663,9 @@ class VectorIndex:
                 self._gpu = None
         if self._kind == "flat":
             return self._cpu.search(q, k)
+        if self._kind == "ivf":
+            scores, positions = self._cpu.search(q, k, params=_ivf_params(self._nprobe))
+            return self._complete(q, k, scores, positions, None, len(self))
         params = faiss.SearchParametersHNSW(efSearch=max(self._ef_search, k))
         scores, positions = self._cpu.search(q, k, params=params)
         return self._complete(q, k, scores, positions, None, len(self))
@@ -459,6 +673,11 @@ class VectorIndex:
     def _search_allowed(
         self, q: np.ndarray, k: int, allowed: np.ndarray, n_allowed: int
     ) -> tuple[np.ndarray, np.ndarray]:
+        if self._kind == "ivf" and n_allowed > self.exact_threshold:
+            selector, keep = self._selector(allowed, n_allowed)
+            scores, positions = self._cpu.search(q, k, params=_ivf_params(self._nprobe, selector))
+            del keep
+            return self._complete(q, k, scores, positions, allowed, n_allowed)
         if self._kind == "hnsw" and n_allowed > self.exact_threshold:
             selector, keep = self._selector(allowed, n_allowed)
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self._ef_search, k))
@@ -471,6 +690,13 @@ class VectorIndex:
         self, q: np.ndarray, k: int, allowed: np.ndarray | None, n_allowed: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact search over the flat vectors (CPU), restricted to `allowed` when given."""
+        if self._kind == "ivf":
+            if allowed is None:
+                return _ivf_exact(self._cpu, q, k)
+            selector, keep = self._selector(allowed, n_allowed)
+            result = _ivf_exact(self._cpu, q, k, selector)
+            del keep
+            return result
         if allowed is None:
             return self._flat.search(q, k)
         selector, keep = self._selector(allowed, n_allowed)
@@ -487,7 +713,7 @@ class VectorIndex:
         allowed: np.ndarray | None,
         n_allowed: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Redoes exactly the HNSW rows that came back with fewer than k results."""
+        """Redoes exactly the HNSW/IVF rows that came back with fewer than k results."""
         short = (positions[:, : min(k, n_allowed)] < 0).any(axis=1)
         if short.any():
             scores[short], positions[short] = self._exact(q[short], k, allowed, n_allowed)
@@ -534,6 +760,7 @@ class VectorIndex:
                 "exact_threshold": self.exact_threshold,
                 "has_attributes": self._attributes is not None,
                 "faiss_version": faiss.__version__,
+                "params": self.params,
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
             if directory.exists():
@@ -590,7 +817,8 @@ class VectorIndex:
             ids = json.loads((directory / IDS_FILE).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise corrupt(f"{IDS_FILE} is missing or unreadable ({exc})") from exc
-        expected_type = faiss.IndexFlat if meta["kind"] == "flat" else faiss.IndexHNSWFlat
+        expected_type = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSWFlat,
+                         "ivf": faiss.IndexIVFFlat}[meta["kind"]]
         expected_metric = (faiss.METRIC_INNER_PRODUCT if meta["metric"] == "ip"
                            else faiss.METRIC_L2)
         if not isinstance(index, expected_type) or index.metric_type != expected_metric:
@@ -610,9 +838,18 @@ class VectorIndex:
                 attributes = _align_attributes(attributes, ids)
             except Exception as exc:  # noqa: BLE001 - any parquet/alignment failure
                 raise corrupt(f"{ATTRIBUTES_FILE} is missing or unusable ({exc})") from exc
+        params = meta.get("params", {})  # absent in indexes saved before IVF existed
+        if not isinstance(params, dict):
+            raise corrupt(f"{META_FILE} params is not an object")
+        if meta["kind"] == "ivf" and (params.get("nlist", index.nlist) != index.nlist
+                                      or params.get("nprobe", index.nprobe) != index.nprobe):
+            raise corrupt(f"IVF params {params} disagree with {INDEX_FILE} (nlist "
+                          f"{index.nlist}, nprobe {index.nprobe})")
+        if meta["kind"] == "hnsw":
+            params = {}  # derived from ef_search and HNSW_M
         try:
             return cls(index, ids, kind=meta["kind"], metric=meta["metric"],
                        attributes=attributes, exact_threshold=meta["exact_threshold"],
-                       ef_search=meta["ef_search"], use_gpu=use_gpu)
+                       ef_search=meta["ef_search"], use_gpu=use_gpu, params=params)
         except (TypeError, ValueError) as exc:
             raise corrupt(str(exc)) from exc

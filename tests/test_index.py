@@ -1,8 +1,10 @@
 """VectorIndex: exactness/recall against numpy brute force, filters, exclusions, persistence.
 
 `IndexConformance` holds the behaviour every index kind must show; it runs for the flat index,
-for HNSW with the default exact_threshold (filtered subsets of this size are scanned exactly)
-and for HNSW with exact_threshold=0 (filters go through faiss IDSelector inside the HNSW walk).
+for HNSW and IVF with the default exact_threshold (filtered subsets of this size are scanned
+exactly) and with exact_threshold=0 (filters go through faiss IDSelector inside the HNSW walk or
+the IVF list scan). The IVF-specific tests use a clustered (Gaussian-mixture) fixture, the kind
+of data IVF is for; the conformance fixture's isotropic random vectors are its hardest case.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pandas as pd
 import pytest
 
 from recommender import index as index_module
-from recommender.index import CorruptIndexError, VectorIndex
+from recommender.index import CorruptIndexError, VectorIndex, ivf_nlist
 
 N, DIM, K = 5000, 64, 10
 CATEGORIES = [
@@ -122,7 +124,7 @@ class IndexConformance:
         assert index.kind == kind
         assert index.metric == "ip"
         assert len(index) == N and index.dim == DIM
-        assert index.device in ({"cpu", "gpu"} if kind == "flat" else {"cpu"})
+        assert index.device in ({"cpu", "gpu"} if kind in ("flat", "ivf") else {"cpu"})
 
     def test_matches_brute_force(self, index, data, min_recall):
         results = index.search(data["q"], K)
@@ -251,6 +253,7 @@ class IndexConformance:
             index.kind, index.metric, index.dim, len(index))
         assert loaded.ids == index.ids and loaded.ef_search == index.ef_search
         assert loaded.exact_threshold == index.exact_threshold
+        assert loaded.params == index.params
         pd.testing.assert_frame_equal(loaded.attributes, index.attributes)
         q = data["q"][:50]
         assert loaded.search(q, K) == index.search(q, K)
@@ -322,6 +325,181 @@ class TestHNSWSelector(IndexConformance):
         return 0.8
 
 
+class TestIVF(IndexConformance):
+    """Filtered subsets (<= exact_threshold items) are scanned exactly, so filters are exact."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def kind(cls) -> str:
+        return "ivf"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def min_recall(cls) -> float:
+        return 0.95
+
+    def test_is_ivf_with_hnsw_quantizer(self, index):
+        ivf = index._cpu
+        assert isinstance(ivf, faiss.IndexIVFFlat) and ivf.nlist == ivf_nlist(N) == 128
+        assert isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSWFlat)
+        params = index.params
+        assert params["quantizer"] == "HNSW32" and params["nlist"] == 128
+        assert 1 <= params["nprobe"] <= 128 and params["recall_at_20"] >= 0.97
+
+
+class TestIVFSelector(IndexConformance):
+    """exact_threshold=0: every filtered search scans the nprobe lists with an IDSelector."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def kind(cls) -> str:
+        return "ivf"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def build_kwargs(cls) -> dict:
+        return {"exact_threshold": 0}
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def min_recall(cls) -> float:
+        return 0.95
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def min_filtered_recall(cls) -> float:
+        return 0.9
+
+
+def mixture(rows: int, dim: int, seed: int, centres: np.ndarray) -> np.ndarray:
+    """Unit vectors around seeded cluster centres: clustered like real embeddings."""
+    rng = np.random.default_rng(seed)
+    x = centres[rng.integers(0, len(centres), rows)]
+    x = x + 0.35 * rng.standard_normal(x.shape).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def clustered() -> dict:
+    rows, dim = 20_000, 32
+    centres = np.random.default_rng(10).standard_normal((100, dim)).astype(np.float32)
+    ids = [f"c{i:05d}" for i in range(rows)]
+    x = mixture(rows, dim, 11, centres)
+    attrs = pd.DataFrame({"id": ids, "colour": np.random.default_rng(12).choice(COLOURS, rows),
+                          "rare": np.arange(rows) % 200 == 0})
+    ivf = VectorIndex.build(ids, x, kind="ivf", attributes=attrs, exact_threshold=0)
+    flat = VectorIndex.build(ids, x, kind="flat", attributes=attrs, use_gpu=False)
+    return {"ids": ids, "x": x, "q": mixture(300, dim, 13, centres), "attrs": attrs,
+            "ivf": ivf, "flat": flat}
+
+
+def overlap(a: list, b: list) -> float:
+    return float(np.mean([len({i for i, _ in r} & {i for i, _ in s}) / max(1, len(s))
+                          for r, s in zip(a, b)]))
+
+
+def test_ivf_recall_against_exact_on_clustered_data(clustered):
+    ivf, flat, q = clustered["ivf"], clustered["flat"], clustered["q"]
+    assert ivf.kind == "ivf" and ivf.params["nlist"] == ivf_nlist(20_000) == 512
+    # approximate for real: far fewer lists scanned than exist, yet recall@20 >= 0.95 on
+    # queries that are not indexed rows
+    assert ivf.nprobe <= 32
+    assert overlap(ivf.search(q, 20), flat.search(q, 20)) >= 0.95
+    assert ivf.params["recall_at_20"] >= 0.97 and ivf.params["recall_queries"] == 200
+    # scanning every list is exhaustive: the exact answer
+    exact = VectorIndex.build(clustered["ids"], clustered["x"], kind="ivf", use_gpu=False)
+    exact.nprobe = exact.params["nlist"]
+    assert "recall_at_20" not in exact.params  # measured for the tuned nprobe only
+    assert overlap(exact.search(q, 20), flat.search(q, 20)) == 1.0
+
+
+def test_ivf_filters_through_the_selector(clustered):
+    ivf, flat, q = clustered["ivf"], clustered["flat"], clustered["q"][:100]
+    attrs = clustered["attrs"]
+    for filters, column in (({"colour": ["red", "blue"]}, attrs["colour"].isin(["red", "blue"])),
+                            ({"rare": True}, attrs["rare"])):
+        allowed = set(attrs.loc[column.to_numpy(), "id"])
+        found = ivf.search(q, 20, filters=filters)
+        assert all(len(row) == 20 and {i for i, _ in row} <= allowed for row in found)
+        assert overlap(found, flat.search(q, 20, filters=filters)) >= 0.95
+    drop = [i for i, _ in ivf.search(q[:1], 5)[0]]
+    again = ivf.search(q[:1], 20, exclude=drop)[0]
+    assert len(again) == 20 and not {i for i, _ in again} & set(drop)
+
+
+def test_ivf_meta_records_kind_params_and_recall(clustered, tmp_path):
+    ivf = clustered["ivf"]
+    ivf.save(tmp_path / "ivf")
+    meta = json.loads((tmp_path / "ivf" / "meta.json").read_text())
+    assert meta["kind"] == "ivf"
+    assert {k: meta["params"][k] for k in ("nlist", "nprobe", "quantizer")} == {
+        "nlist": 512, "nprobe": ivf.nprobe, "quantizer": "HNSW32"}
+    assert meta["params"]["recall_at_20"] == ivf.params["recall_at_20"] >= 0.97
+    loaded = VectorIndex.load(tmp_path / "ivf")
+    assert loaded.kind == "ivf" and loaded.params == ivf.params and loaded.nprobe == ivf.nprobe
+    q = clustered["q"][:30]
+    assert loaded.search(q, 20) == ivf.search(q, 20)
+    assert loaded.search(q, 20, filters={"rare": True}) == ivf.search(q, 20,
+                                                                     filters={"rare": True})
+    np.testing.assert_array_equal(loaded.reconstruct("c00042"), clustered["x"][42])
+    # meta.json disagreeing with the faiss file is refused
+    meta["params"]["nprobe"] = ivf.nprobe + 1
+    (tmp_path / "ivf" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CorruptIndexError, match="disagree"):
+        VectorIndex.load(tmp_path / "ivf")
+
+
+def test_old_artifacts_without_params_still_load(clustered, data, tmp_path):
+    """Indexes saved before IVF existed have no "params" in meta.json."""
+    for name, index in (("flat", VectorIndex.build(data["ids"][:50], data["x"][:50])),
+                        ("hnsw", VectorIndex.build(data["ids"][:50], data["x"][:50],
+                                                   kind="hnsw")),
+                        ("ivf", clustered["ivf"])):
+        index.save(tmp_path / name)
+        meta = json.loads((tmp_path / name / "meta.json").read_text())
+        del meta["params"]
+        (tmp_path / name / "meta.json").write_text(json.dumps(meta))
+        loaded = VectorIndex.load(tmp_path / name)
+        assert loaded.kind == name and len(loaded) == len(index)
+    assert loaded.params["nprobe"] == clustered["ivf"].nprobe  # from the faiss file
+    assert "recall_at_20" not in loaded.params
+
+
+def test_nprobe_validation(clustered, data):
+    ivf = clustered["ivf"]
+    for bad in (0, 513, 2.5, True):
+        with pytest.raises(ValueError, match="nprobe"):
+            ivf.nprobe = bad
+    flat = VectorIndex.build(data["ids"][:20], data["x"][:20], kind="flat")
+    with pytest.raises(ValueError, match="IVF"):
+        flat.nprobe  # noqa: B018 - the property raises
+
+
+def test_ivf_nlist_bounds():
+    assert ivf_nlist(1) == 1 and ivf_nlist(5000) == 128  # 5000 // 39 bounds 4 * sqrt(5000)
+    assert ivf_nlist(1_000_000) == 4000 and ivf_nlist(10**12) == index_module.IVF_MAX_NLIST
+    assert index_module._nprobe_grid(128) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
+    with pytest.raises(ValueError):
+        ivf_nlist(0)
+
+
+def test_auto_falls_back_to_flat_when_ivf_misses_the_target(data, monkeypatch):
+    # No real data set fails this reliably (nprobe = nlist is exhaustive), so the measured
+    # recall is forced low to exercise the guard.
+    monkeypatch.setattr(index_module, "_self_recall", lambda *args: 0.5)
+    with pytest.warns(UserWarning, match="building the exact flat index"):
+        auto = VectorIndex.build(data["ids"][:400], data["x"][:400], ivf_min_items=300)
+    assert auto.kind == "flat" and auto.params == {}
+    with pytest.warns(UserWarning, match="recall@20 0.500"):
+        assert VectorIndex.build(data["ids"][:400], data["x"][:400], kind="ivf").kind == "ivf"
+
+
+def test_default_ivf_threshold_is_the_benchmarked_one():
+    result = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+                         / "ann_index.json").read_text())
+    assert index_module.IVF_MIN_ITEMS == result["threshold"]
+
+
 def test_faiss_hnsw_honours_id_selector(data):
     """The faiss capability the index relies on: IDSelectorBatch restricts an HNSW search."""
     hnsw = faiss.IndexHNSWFlat(DIM, 32, faiss.METRIC_INNER_PRODUCT)
@@ -332,13 +510,16 @@ def test_faiss_hnsw_honours_id_selector(data):
     assert (found >= 0).all() and np.isin(found, allowed).all()
 
 
-def test_auto_picks_flat_below_threshold_and_hnsw_above(data):
-    at = VectorIndex.build(data["ids"][:300], data["x"][:300], exact_threshold=300)
-    above = VectorIndex.build(data["ids"][:301], data["x"][:301], exact_threshold=300)
-    assert (at.kind, above.kind) == ("flat", "hnsw")
-    assert isinstance(at._cpu, faiss.IndexFlatIP)
-    assert isinstance(above._cpu, faiss.IndexHNSWFlat)
-    assert above._cpu.hnsw.efConstruction == 80
+def test_auto_picks_flat_below_threshold_and_ivf_at_it(data):
+    below = VectorIndex.build(data["ids"][:299], data["x"][:299], ivf_min_items=300)
+    at = VectorIndex.build(data["ids"][:300], data["x"][:300], ivf_min_items=300)
+    assert (below.kind, at.kind) == ("flat", "ivf")
+    assert isinstance(below._cpu, faiss.IndexFlatIP)
+    assert isinstance(at._cpu, faiss.IndexIVFFlat) and at.params["nlist"] == ivf_nlist(300)
+    default = VectorIndex.build(data["ids"], data["x"])  # 5000 < IVF_MIN_ITEMS
+    assert default.kind == "flat" and N < index_module.IVF_MIN_ITEMS
+    hnsw = VectorIndex.build(data["ids"][:300], data["x"][:300], kind="hnsw")
+    assert hnsw._cpu.hnsw.efConstruction == 80
 
 
 def test_l2_metric_is_exact_and_ascending(data):
@@ -401,7 +582,11 @@ def test_build_validation(data):
     with pytest.raises(ValueError, match="metric"):
         VectorIndex.build(ids, x, metric="cosine")
     with pytest.raises(ValueError, match="kind"):
-        VectorIndex.build(ids, x, kind="ivf")
+        VectorIndex.build(ids, x, kind="ivfpq")
+    with pytest.raises(ValueError, match="ivf_min_items"):
+        VectorIndex.build(ids, x, ivf_min_items=0)
+    with pytest.raises(ValueError, match="target_recall"):
+        VectorIndex.build(ids, x, kind="ivf", target_recall=1.5)
     with pytest.raises(ValueError, match="lack 1"):
         VectorIndex.build(ids, x, attributes=data["attrs"].iloc[:19])
     doubled = pd.concat([data["attrs"].iloc[:20], data["attrs"].iloc[:1]])
@@ -442,6 +627,12 @@ def test_gpu_fallbacks(data, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert VectorIndex.build(ids, x, kind="hnsw").device == "cpu"
+    ivf = VectorIndex.build(ids, x, kind="ivf", attributes=data["attrs"])
+    ivf_cpu = VectorIndex.build(ids, x, kind="ivf", attributes=data["attrs"], use_gpu=False)
+    assert (ivf.device, ivf_cpu.device) == ("gpu", "cpu")
+    assert ivf.search(data["q"][:5], K) == ivf_cpu.search(data["q"][:5], K)
+    ivf.nprobe = 1  # reaches the "GPU" copy too (here the same object)
+    assert ivf._gpu.nprobe == 1
 
 
 def test_save_layout_and_overwrite(data, tmp_path):
