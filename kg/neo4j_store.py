@@ -443,6 +443,13 @@ class Neo4jStore(GraphStore):
             r["event_id"])) for r in rows]
 
 
+    def latest_event_seq(self) -> int:
+        """The event counter itself (one indexed node), not a walk through the whole log:
+        every replica asks it at startup."""
+        rows = self._read("MATCH (c:EventSeq {name: 'events'}) RETURN c.last AS last")
+        return int(rows[0]["last"] or 0) if rows else 0
+
+
 def _record_group(tx: Any, events: list[InteractionEvent]) -> list[RecordedInteraction]:
     """The body of one `record_interactions` transaction (re-run whole on a retry)."""
     head = tx.run(

@@ -62,6 +62,14 @@ class EventConformance:
         assert loaded.events_since(logged[-1].seq) == []
         assert logged[0].event == event("u1", "p2", ts=0)
 
+    def test_latest_event_seq_is_the_newest_logged(self, loaded: GraphStore) -> None:
+        before = loaded.latest_event_seq()
+        assert before == max([e.seq for e in loaded.events_since(0)], default=0)
+        results = loaded.record_interactions([event("u1", "p2", ts=t) for t in range(3)])
+        assert loaded.latest_event_seq() == results[-1].seq > before
+        loaded.record_interactions([event("u1", "nope")])  # nothing logged
+        assert loaded.latest_event_seq() == results[-1].seq
+
     def test_concurrent_writers_all_land(self, loaded: GraphStore) -> None:
         def post(thread: int) -> None:
             for i in range(25):
