@@ -2,8 +2,8 @@
 
 An embedding source (the GNN) scores a user's products by the dot product of a user vector
 and each product vector, so its best products are the nearest neighbours of the user vector
-under inner product. `EmbeddingRetriever` answers that from a faiss index: exact (flat) up to
-`exact_threshold` products, HNSW above, on the GPU when faiss-gpu sees one (see
+under inner product. `EmbeddingRetriever` answers that from a faiss index: exact (flat) below
+30,000 products, IVF at and above (`IVF_MIN_ITEMS`), on the GPU when faiss-gpu sees one (see
 `recommender/index.py`), which is what keeps candidate generation sub-linear for catalogs far
 larger than the data sets here.
 """

@@ -44,7 +44,7 @@ def test_flat_index_gives_the_exact_unseen_top_n() -> None:
 
 def test_hnsw_index_finds_nearly_all_of_them() -> None:
     queries, items, history = world(1)
-    retriever = EmbeddingRetriever(items, exact_threshold=1000)  # 3000 items: HNSW
+    retriever = EmbeddingRetriever(items, kind="hnsw", exact_threshold=1000)
     assert retriever.index.kind == "hnsw"
     found = retriever.candidates(queries, history, 50)
     exact = exact_unseen(queries, items, history, 50)
