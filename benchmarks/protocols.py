@@ -48,14 +48,24 @@ def parse_run(text: str) -> tuple[str, float | None]:
 
 
 def one_run(dataset: str, protocol: str, cut: float | None, gnn: bool, ablation: bool,
-            tune: bool = True) -> dict:
+            tune: bool = True, previous: dict | None = None,
+            hybrid: dict | None = None) -> dict:
+    """One protocol's report; with `previous` (that run's earlier report) only the hybrid is
+    trained and the baselines' rows are copied from it (they do not read the hybrid's
+    config, so they are unchanged by hybrid-only work)."""
     split = load_split(dataset, protocol=protocol, cut=cut)
-    config = HybridConfig(half_life=split.half_life)
+    config = HybridConfig(half_life=split.half_life, **(hybrid or {}))
     if not gnn:
         config.gnn = None
-    models = [m for m in MODELS if gnn or m != "gnn"]
+    models = ["hybrid"] if previous else [m for m in MODELS if gnn or m != "gnn"]
     report = run_models(split, models, config, log=log, tune=tune)
     report["baselines_tuned"] = tune
+    if previous:
+        report["models"] = {**{n: e for n, e in previous["models"].items() if n != "hybrid"},
+                            **report["models"]}
+        report["baselines_tuned"] = previous.get("baselines_tuned", True)
+        report["baselines_from_previous_run"] = True
+        report["hybrid_before"] = previous["models"].get("hybrid")
     if ablation and protocol == "global-time":
         # the same test, the blend tuned the old way: each user's latest 20 % of training rows
         _, per_user_valid = temporal_split_per_user(split.train, 0.8)
@@ -91,7 +101,24 @@ def main() -> int:
                         help="keep the other runs already in the results file (re-run some)")
     parser.add_argument("--no-ablation", action="store_true",
                         help="skip the hybrid tuned on per-user rows under global-time")
+    parser.add_argument("--hybrid-only", action="store_true",
+                        help="train only the hybrid; the baselines' rows come from the results "
+                             "file's runs of the same name (which must exist)")
+    parser.add_argument("--decay", choices=("position", "time"), default=None,
+                        help="the hybrid's history decay (default: HybridConfig's)")
+    parser.add_argument("--no-tune-sources", action="store_true",
+                        help="keep the hybrid's ALS parameters fixed (HybridConfig.als)")
     args = parser.parse_args()
+    name = f"protocols_{args.dataset.replace('-', '')}"
+    previous_runs: dict = {}
+    if args.hybrid_only:
+        path = RESULTS / f"{name}.json"
+        previous_runs = json.loads(path.read_text())["runs"] if path.is_file() else {}
+        missing = [run for run in args.runs if run not in previous_runs]
+        if missing:
+            parser.error(f"--hybrid-only needs earlier runs {missing} in {path}")
+    hybrid = {**({"history_decay": args.decay} if args.decay else {}),
+              **({"tune_sources": False} if args.no_tune_sources else {})}
     started = time.perf_counter()
     results = {"machine": describe_machine("models on 1 thread"), "dataset": args.dataset,
                "command": "python benchmarks/protocols.py " + " ".join(sys.argv[1:]),
@@ -102,13 +129,13 @@ def main() -> int:
             log(f"== {args.dataset} {text}")
             run_started = time.perf_counter()
             report = one_run(args.dataset, protocol, cut, args.gnn, not args.no_ablation,
-                             tune=not args.fixed_baselines)
+                             tune=not args.fixed_baselines,
+                             previous=previous_runs.get(text), hybrid=hybrid)
             report["ratios"] = ratios(report)
             report["run_s"] = round(time.perf_counter() - run_started, 1)
             results["runs"][text] = report
     results["total_s"] = round(time.perf_counter() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"protocols_{args.dataset.replace('-', '')}"
     if args.merge and (RESULTS / f"{name}.json").is_file():
         results = merged(json.loads((RESULTS / f"{name}.json").read_text()), results)
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1, default=str))
@@ -169,6 +196,29 @@ def markdown(results: dict, k: int = 20) -> str:
             b = report["hybrid_tuned_per_user"]["metrics"]
             lines.append(f"| {run} | {a[f'recall@{k}']:.4f} | {a[f'ndcg@{k}']:.4f} | "
                          f"{b[f'recall@{k}']:.4f} | {b[f'ndcg@{k}']:.4f} |")
+    sources = [(run, r["models"]["hybrid"].get("tuning", {})) for run, r in runs.items()]
+    if any("sources" in t or "history" in t for _, t in sources):
+        lines += ["", "Hybrid source parameters (learned on the same validation rows; history "
+                  "decay with its half-life, ALS's regularization and alpha):", ""]
+        for run, t in sources:
+            h, chosen = t.get("history", {}), t.get("sources", {})
+            decay = (f"time, half-life {h.get('half_life_days'):g} days from t_ref "
+                     f"{h.get('t_ref'):.0f}" if h.get("decay") == "time"
+                     else f"position, half-life {h.get('half_life')} interactions")
+            als = chosen.get("als")
+            lines.append(f"- {run}: decay {decay}; ALS "
+                         + (", ".join(f"{k} {v:g}" for k, v in als.items()) if als
+                            else "fixed") + f"; source search {chosen.get('seconds', 0):.0f} s")
+    before = [(run, r) for run, r in runs.items() if r.get("hybrid_before")]
+    if before:
+        lines += ["", "Hybrid before / after this change (the baselines' rows are copied from "
+                  "the earlier run, their code and parameters unchanged):", "",
+                  f"| run | before R@{k} | N@{k} | after R@{k} | N@{k} |",
+                  "|---|---:|---:|---:|---:|"]
+        for run, r in before:
+            a, b = r["models"]["hybrid"]["metrics"], r["hybrid_before"]["metrics"]
+            lines.append(f"| {run} | {b[f'recall@{k}']:.4f} | {b[f'ndcg@{k}']:.4f} | "
+                         f"{a[f'recall@{k}']:.4f} | {a[f'ndcg@{k}']:.4f} |")
     notes = sorted({n for r in runs.values() for n in r.get("notes", [])})
     fixed = [run for run, r in runs.items() if r.get("baselines_tuned") is False]
     if fixed:

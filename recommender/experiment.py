@@ -20,7 +20,6 @@ and single-user recommendation latency (p50/p99 over up to 200 test users).
 
 from __future__ import annotations
 
-import itertools
 import tempfile
 import threading
 import time
@@ -47,9 +46,10 @@ from recommender.evaluation import (
     time_cut,
 )
 from recommender.graph_filter import GraphFilterRecommender
-from recommender.history import history_matrix
+from recommender.history import HistoryWeighting, history_matrix
 from recommender.time_aware import RecentPopularity
 from recommender.training import HybridConfig, interaction_frame, tune_and_fit
+from recommender.tuning import combinations, key, validation_scores
 
 DATASETS = ("ml100k-kg", "gowalla", "completejourney")
 MODELS = ("popularity", "trending", "itemknn", "bpr", "als", "graph_filter", "gnn", "hybrid")
@@ -264,11 +264,10 @@ def tune_baseline(name: str, split: Split, threads: int = 1,
     if not grid:
         return dict(BASELINES[name]), {}
     trials = []
-    for values in itertools.product(*grid.values()):
-        params = {**BASELINES[name], **dict(zip(grid, values))}
-        result = evaluate(_baseline(name, threads, params).fit(fit), fit, valid, k=20)
-        trials.append([params, result["ndcg@20"], result["recall@20"]])
-        log(f"  {name} {dict(zip(grid, values))}: valid NDCG@20 {result['ndcg@20']:.4f}")
+    for params in combinations(grid, BASELINES[name]):
+        ndcg, recall = validation_scores(_baseline(name, threads, params).fit(fit), fit, valid)
+        trials.append([params, ndcg, recall])
+        log(f"  {name} {key({p: params[p] for p in grid})}: valid NDCG@20 {ndcg:.4f}")
     best = max(trials, key=lambda t: (t[1], t[2]))
     return dict(best[0]), {"grid": trials}
 
@@ -316,8 +315,9 @@ def run_models(split: Split, models: Sequence[str] = MODELS, config: HybridConfi
             hybrid = tune_and_fit(config, split.snapshot, split.train, split.shape,
                                   valid=split.valid, prefitted=prefitted, log=log)
             seconds = time.perf_counter() - start
-        weighted = history_matrix(split.train, split.shape, config.half_life,
-                                  kind_weights=config.kind_weights)
+        # the hybrid's own weighting (its learned decay, its fixed training cut)
+        weighted = HistoryWeighting.from_dict(hybrid.tuning["history"]).matrix(
+            split.train, split.shape)
         if "hybrid" in models:
             report["models"]["hybrid"] = _scored(
                 hybrid, weighted, test, k, seconds, memory.peak_mb, test_users,

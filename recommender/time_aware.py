@@ -31,6 +31,7 @@ import scipy.sparse as sp
 
 from recommender.base import Reason, Recommender, binarised, spread_rows, top_k
 from recommender.baselines import _npz
+from recommender.tuning import best_on_grid
 
 LOG = logging.getLogger(__name__)
 
@@ -171,18 +172,19 @@ class RecentPopularity(Recommender):
         seen, truth = seen_all[users], truth[users]
         # one list for everyone: the top (k + longest history) items hold every user's top k
         depth = min(self.n_items, self.k + int(np.diff(seen.indptr).max()))
-        best, best_ndcg = self.grid_days[0], -1.0
-        for half_life in self.grid_days:
+
+        def ndcg_of(half_life: float) -> float:
             order, _ = top_k(self._finish(self._decayed(items, ages, half_life))[None, :],
                              depth)
             masked = seen[:, order[0]].toarray() > 0
             pick = np.argsort(masked, axis=1, kind="stable")[:, : self.k]
             ranked = np.where(np.take_along_axis(masked, pick, axis=1), -1, order[0][pick])
             cut = ranked.shape[1]  # k, or the catalogue when it has fewer items
-            ndcg = ranking_metrics(ranked, truth, cut, self.n_items)[f"ndcg@{cut}"]
-            self.validation[half_life] = ndcg
-            if ndcg > best_ndcg * (1.0 + self.min_gain):
-                best, best_ndcg = half_life, ndcg
+            return ranking_metrics(ranked, truth, cut, self.n_items)[f"ndcg@{cut}"]
+
+        best, trials = best_on_grid(self.grid_days, ndcg_of, self.min_gain)
+        self.validation = dict(trials)
+        best_ndcg = self.validation[best]
         LOG.info("trending: half-life %s days (valid NDCG@%d %.4f)", best, self.k, best_ndcg)
         return best
 

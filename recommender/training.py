@@ -4,9 +4,11 @@
 
 1. snapshot the store; interactions become (user row, product row, ts) rows, minus an
    optional hold-out (a caller's own test split);
-2. split each user's history in time (earliest 80 % fit, latest 20 % validation);
-3. fit every source on the fit part and tune the blend weights on the validation part
-   (`HybridRecommender.tune`);
+2. split the training rows for tuning (`tuning_split`: by default a time cut inside them,
+   the latest 20 % of the period validates);
+3. learn the history decay's half-life and ALS's parameters on that validation
+   (`tune_sources`), fit every source on the fit part and tune the blend weights on the
+   validation part (`HybridRecommender.tune`);
 4. refit every source on all (non-held-out) interactions with those weights;
 5. write a new artifact version under `WORKSPACE/artifacts/recommender/` and point
    `CURRENT` at it atomically, so a running server can swap models without a gap.
@@ -39,9 +41,10 @@ from recommender.baselines import ItemKNN, Popularity
 from recommender.evaluation import protocol_split
 from recommender.graph_filter import GraphFilterRecommender
 from recommender.graph_paths import GraphPathRecommender, product_links
-from recommender.history import DEFAULT_KIND_WEIGHTS, history_matrix
+from recommender.history import DECAYS, DEFAULT_KIND_WEIGHTS, HistoryWeighting, history_matrix
 from recommender.hybrid import HybridRecommender
 from recommender.time_aware import RecentPopularity, Transitions
+from recommender.tuning import best_on_grid, combinations, key, validation_scores
 
 RECOMMENDER_DIR = ("artifacts", "recommender")
 KEEP_VERSIONS = 2
@@ -52,6 +55,19 @@ class HybridConfig:
     """Everything that shapes a trained hybrid; defaults tuned on ml-100k's validation split."""
 
     half_life: float | None = 5.0  # recency weighting of histories; None = unweighted
+    # "position": a user's k-th latest product weighs 0.5 ** (k / half_life); "time": a pair
+    # weighs 0.5 ** ((t_ref - ts) / history_half_life_days) from the training cut t_ref,
+    # the half-life learned on the validation rows over `history_grid_days` when None
+    history_decay: str = "position"
+    history_half_life_days: float | None = None
+    history_grid_days: tuple[float, ...] = (365.0, 90.0, 30.0, 14.0, 7.0)
+    # search ALS's parameters over `source_grid` on the same validation rows (9 ALS fits:
+    # +17 s on ml100k-kg, an estimated +5 min on Complete Journey, which would break
+    # `make demo`'s 10 minutes; and it did not raise the blend's validation NDCG on
+    # ml100k-kg: docs/recommending.md). Off keeps `als` as given.
+    tune_sources: bool = False
+    source_grid: dict[str, tuple[Any, ...]] = field(default_factory=lambda: {
+        "regularization": (1.0, 10.0, 50.0), "alpha": (1.0, 5.0, 20.0)})
     # confidence per (user, product) from interaction kind and count; None = 1 per pair
     kind_weights: dict[str, float] | None = field(
         default_factory=lambda: dict(DEFAULT_KIND_WEIGHTS))
@@ -157,6 +173,82 @@ def tuning_split(frame: pd.DataFrame, protocol: str = "global-time", valid_ratio
     return fit_part, valid
 
 
+def history_weighting(config: HybridConfig, t_ref: float | None = None) -> HistoryWeighting:
+    """How `config` weighs histories, with the training cut `t_ref` for a time decay."""
+    if config.history_decay not in DECAYS:
+        raise ValueError(f"history_decay must be one of {DECAYS}, not {config.history_decay!r}")
+    if config.history_decay == "time":
+        return HistoryWeighting("time", None, config.history_half_life_days, t_ref,
+                                config.kind_weights)
+    return HistoryWeighting("position", config.half_life, None, None, config.kind_weights)
+
+
+def training_cut(frame: pd.DataFrame) -> float | None:
+    """The latest timestamp of `frame` (its `t_ref`); None when it carries no times."""
+    if frame.empty or "ts" not in frame or frame["ts"].nunique() < 2:
+        return None
+    return float(frame["ts"].max())
+
+
+def tune_sources(config: HybridConfig, fit_part: pd.DataFrame, valid_matrix: sp.csr_matrix,
+                 shape: tuple[int, int], log: Callable[[str], None] = print
+                 ) -> tuple[HybridConfig, dict[str, Any]]:
+    """The config with the time decay's half-life and (with `tune_sources`) ALS's parameters
+    chosen on validation, and a report of every trial.
+
+    Only `fit_part` (training rows before the validation cut) and `valid_matrix` (training
+    rows after it) are read. The half-life is chosen first, by the mean validation NDCG@20 of
+    ALS and item-kNN (the two sources that read the weights), longest first, a shorter one
+    kept only if 1 % better (`tuning.best_on_grid`, as trending learns its half-life); then
+    ALS's grid on the chosen weighting, by ALS's own NDCG@20.
+    """
+    report: dict[str, Any] = {}
+    t_ref = training_cut(fit_part)
+    started = time.perf_counter()
+    learn_decay = (config.history_decay == "time" and config.history_half_life_days is None)
+    if learn_decay and t_ref is None:  # no timestamps: a calendar decay means nothing
+        config = _replace(config, history_decay="position")
+        report["history_note"] = "no timestamps: positional decay kept"
+        learn_decay = False
+    if learn_decay:
+        def decay_score(days: float) -> float:
+            weighting = history_weighting(_replace(config, history_half_life_days=days), t_ref)
+            fit = weighting.matrix(fit_part, shape)
+            als = ALSRecommender(num_threads=config.threads, **config.als).fit(fit)
+            knn = ItemKNN(weighted_history=True, **config.itemknn).fit(fit)
+            return (validation_scores(als, fit, valid_matrix)[0]
+                    + validation_scores(knn, fit, valid_matrix)[0]) / 2
+
+        days, trials = best_on_grid(tuple(config.history_grid_days), decay_score, 0.01)
+        config = _replace(config, history_half_life_days=float(days))
+        report["history_half_life_days"] = float(days)
+        report["history_grid"] = [[d, v] for d, v in trials]
+        log("history half-life: " + ", ".join(f"{d:g} d {v:.4f}" for d, v in trials)
+            + f" -> {days:g} days")
+    if config.tune_sources and config.source_grid and config.als_engine == "implicit":
+        fit = history_weighting(config, t_ref).matrix(fit_part, shape)
+        grid = combinations(config.source_grid, config.als)
+
+        def als_score(params: dict[str, Any]) -> float:
+            model = ALSRecommender(num_threads=config.threads, **params).fit(fit)
+            return validation_scores(model, fit, valid_matrix)[0]
+
+        # the configured parameters first: another set must beat them by 1 %
+        ordered = sorted(grid, key=lambda p: p != config.als)
+        best, trials = best_on_grid(ordered, als_score, 0.01)
+        config = _replace(config, als=dict(best))
+        report["als"] = {k: best[k] for k in config.source_grid}
+        report["als_grid"] = [[{k: p[k] for k in config.source_grid}, v] for p, v in trials]
+        log("ALS grid: " + "; ".join(f"{key({k: p[k] for k in config.source_grid})} {v:.4f}"
+                                     for p, v in trials) + f" -> {report['als']}")
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return config, report
+
+
+def _replace(config: HybridConfig, **changes: Any) -> HybridConfig:
+    return HybridConfig(**{**config.to_dict(), **changes})
+
+
 def build_sources(config: HybridConfig, snapshot: GraphSnapshot | None,
                   features: np.ndarray | None = None
                   ) -> tuple[dict[str, Recommender], dict[str, dict[str, Any]]]:
@@ -164,8 +256,7 @@ def build_sources(config: HybridConfig, snapshot: GraphSnapshot | None,
     sources: dict[str, Recommender] = {
         "als": ALSRecommender(num_threads=config.threads, engine=config.als_engine,
                               spark_master=config.spark_master, **config.als),
-        "copurchase": ItemKNN(weighted_history=(config.half_life is not None
-                                                or config.kind_weights is not None),
+        "copurchase": ItemKNN(weighted_history=history_weighting(config).weighted,
                               **config.itemknn),
         "popularity": Popularity(),
     }
@@ -201,10 +292,13 @@ def tune_and_fit(config: HybridConfig, snapshot: GraphSnapshot | None, frame: pd
                  log: Callable[[str], None] = print) -> HybridRecommender:
     """Tune weights on a validation split of `frame`, then refit on all of `frame`.
 
-    `valid` (rows of `frame` to validate on) defaults to each user's latest
-    `config.valid_ratio` of interactions. The GNN early-stops on the same validation rows
-    during tuning and is refitted for its best epoch count. `prefitted[name]` replaces a
-    source by two models trained elsewhere (e.g. a GNN on a GPU): one fitted on the fit
+    `valid` (rows of `frame` to validate on) defaults to `tuning_split` under
+    `config.valid_protocol`. Before the blend, `tune_sources` learns the time decay's
+    half-life and ALS's parameters on the same rows; the refit keeps them, and the refit's
+    weighting (with its training cut `t_ref`) is recorded in `tuning["history"]`. The GNN
+    early-stops on the same validation rows during tuning and is refitted for its best epoch
+    count. `prefitted[name]` replaces a source by two models trained elsewhere (e.g. a GNN on
+    a GPU): one fitted on the fit
     part, used for tuning, and one fitted on all of `frame`.
     """
     prefitted = dict(prefitted or {})
@@ -214,9 +308,9 @@ def tune_and_fit(config: HybridConfig, snapshot: GraphSnapshot | None, frame: pd
         fit_part = frame.drop(index=valid.index)  # rows, not pairs: a repeat before stays
     else:
         fit_part = drop_pairs(frame, valid)
-    fit_matrix = history_matrix(fit_part, shape, config.half_life,
-                                kind_weights=config.kind_weights)
     valid_matrix = history_matrix(valid, shape, None)
+    config, source_report = tune_sources(config, fit_part, valid_matrix, shape, log)
+    fit_matrix = history_weighting(config, training_cut(fit_part)).matrix(fit_part, shape)
     sources, options = build_sources(config, snapshot, features)
     sources.update({name: pair[0] for name, pair in prefitted.items()})
     if "gnn" in options:
@@ -229,6 +323,8 @@ def tune_and_fit(config: HybridConfig, snapshot: GraphSnapshot | None, frame: pd
     log(f"tuned blend weights on {tuning['users']} validation users in "
         f"{time.perf_counter() - started:.1f} s: "
         + ", ".join(f"{k} {v:g}" for k, v in tuning["weights"].items() if v))
+    if source_report:
+        tuning["sources"] = source_report
     final_config = config
     if "gnn" in sources and "gnn" not in prefitted and config.gnn is not None:
         # refit for the epoch count that was best on validation; no validation data now
@@ -246,7 +342,10 @@ def tune_and_fit(config: HybridConfig, snapshot: GraphSnapshot | None, frame: pd
     _time_options(sources, options, frame, None)
     final = HybridRecommender(sources, weights=tuning["weights"], candidates=config.candidates)
     final.tuning = tuning
-    matrix = history_matrix(frame, shape, config.half_life, kind_weights=config.kind_weights)
+    # the refit's training cut is fixed here and kept (tuning["history"]) for serving
+    weighting = history_weighting(final_config, training_cut(frame))
+    tuning["history"] = asdict(weighting)
+    matrix = weighting.matrix(frame, shape)
     started = time.perf_counter()
     final.fit(matrix, options, prefitted=list(prefitted))
     log(f"refitted {len(sources)} sources on {matrix.nnz:,} interactions in "
