@@ -135,6 +135,9 @@ def main() -> int:
             report["run_s"] = round(time.perf_counter() - run_started, 1)
             results["runs"][text] = report
     results["total_s"] = round(time.perf_counter() - started, 1)
+    if args.hybrid_only:
+        old = json.loads((RESULTS / f"{name}.json").read_text())
+        results.update(with_earlier_baselines(old, results))
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.merge and (RESULTS / f"{name}.json").is_file():
         results = merged(json.loads((RESULTS / f"{name}.json").read_text()), results)
@@ -142,6 +145,13 @@ def main() -> int:
     (RESULTS / f"{name}.md").write_text(markdown(results))
     print(markdown(results))
     return 0
+
+
+def with_earlier_baselines(old: dict, new: dict) -> dict:
+    """Machine and command of a hybrid-only run, naming where its baselines' rows came from."""
+    return {"machine": f"hybrid: {new['machine']}; baselines (copied): {old['machine']}",
+            "command": f"{new['command']} (baselines' rows copied from: {old['command']})",
+            "total_s": new["total_s"], "baselines_total_s": old.get("total_s")}
 
 
 def merged(old: dict, new: dict) -> dict:
