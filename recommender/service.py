@@ -31,7 +31,7 @@ import scipy.sparse as sp
 from recommender.base import Reason, top_k
 from recommender.baselines import ItemKNN
 from recommender.graph_paths import GraphPathRecommender
-from recommender.history import history_matrix
+from recommender.history import HistoryWeighting
 from recommender.hybrid import HybridRecommender, mmr
 from recommender.time_aware import RecentPopularity, Transitions
 from recommender.training import current_version
@@ -72,9 +72,15 @@ class RecommendationService:
 
     def __init__(self, model: HybridRecommender, user_ids: list[str], product_ids: list[str],
                  catalog: pd.DataFrame, history: pd.DataFrame, half_life: float | None,
-                 version: str = "", kind_weights: dict[str, float] | None = None) -> None:
-        self.model, self.version, self.half_life = model, version, half_life
-        self.kind_weights = kind_weights
+                 version: str = "", kind_weights: dict[str, float] | None = None,
+                 weighting: HistoryWeighting | None = None) -> None:
+        """`weighting` (the trained model's, see `load`) wins over `half_life` and
+        `kind_weights`, which describe the positional decay of older artifacts."""
+        self.model, self.version = model, version
+        # live events are weighed exactly as training weighed history (a calendar-time decay
+        # keeps its fixed cut t_ref, so a refit and the server agree)
+        self.weighting = weighting or HistoryWeighting(half_life=half_life,
+                                                       kind_weights=kind_weights)
         self.user_ids = list(user_ids)
         self.product_ids = list(product_ids)
         self.user_row = {u: i for i, u in enumerate(self.user_ids)}
@@ -96,9 +102,8 @@ class RecommendationService:
         self._by_user = {int(u): g for u, g in self.history.groupby("user", sort=False)}
         # every trained user's weighted history in one vectorised pass (weights are per user,
         # so a row equals the user's own `history_matrix`): a per-user build costs ~20 ms
-        self._trained_rows = history_matrix(self.history, (len(self.user_ids),
-                                                           len(self.product_ids)),
-                                            half_life, kind_weights=kind_weights)
+        self._trained_rows = self.weighting.matrix(self.history, (len(self.user_ids),
+                                                                  len(self.product_ids)))
 
     @classmethod
     def load(cls, workspace: str | Path) -> RecommendationService:
@@ -106,11 +111,13 @@ class RecommendationService:
         directory = current_version(Path(workspace))
         ids = json.loads((directory / "ids.json").read_text())
         summary = json.loads((directory / "train.json").read_text())
+        recorded = summary.get("tuning", {}).get("history")
         return cls(HybridRecommender.load(directory / "hybrid"), ids["users"], ids["products"],
                    pd.read_parquet(directory / "catalog.parquet"),
                    pd.read_parquet(directory / "history.parquet"),
                    summary["config"].get("half_life"), directory.name,
-                   summary["config"].get("kind_weights"))
+                   summary["config"].get("kind_weights"),
+                   HistoryWeighting.from_dict(recorded) if recorded else None)
 
     # ---- lookups ---------------------------------------------------------------------------
     def _optional_column(self, name: str) -> list[str | None]:
@@ -163,8 +170,7 @@ class RecommendationService:
         events = self._by_user.get(row)
         frame = (events.assign(user=0) if events is not None
                  else pd.DataFrame({"user": [], "item": [], "ts": []}))
-        return history_matrix(frame, (1, len(self.product_ids)), self.half_life,
-                              kind_weights=self.kind_weights)
+        return self.weighting.matrix(frame, (1, len(self.product_ids)))
 
     def user_scores(self, user_id: str) -> np.ndarray | None:
         """The user's blend score for every product, or None while their history is too

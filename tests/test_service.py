@@ -159,3 +159,28 @@ def test_every_source_gives_a_readable_reason_and_follows_live_events(workspace)
     for name, scores in before.items():
         now = model.sources[name].score(np.array([row]), after_history)[0]
         assert not np.allclose(now, scores), name
+
+
+def test_a_calendar_time_decay_is_served_as_trained(tmp_path) -> None:
+    """A model trained with `history_decay="time"` weighs live histories from the same fixed
+    cut t_ref: trained rows equal the recorded weighting's, and a new event weighs 1."""
+    with EmbeddedStore(tmp_path / "graph") as store:
+        store.load(small_shop())
+        config = HybridConfig(**{**TINY.to_dict(), "gnn": None, "history_decay": "time",
+                                 "history_half_life_days": 30.0})
+        summary = train_recommender(store, tmp_path, config, log=lambda _: None)
+    recorded = summary["tuning"]["history"]
+    assert recorded["decay"] == "time" and recorded["half_life_days"] == 30.0
+    service = RecommendationService.load(tmp_path)
+    assert service.weighting.decay == "time" and service.weighting.t_ref == recorded["t_ref"]
+    expected = service.weighting.matrix(service.history, service._trained_rows.shape)
+    assert abs(service._trained_rows - expected).max() == 0
+    user = service.user_ids[0]
+    row = service.user_row[user]
+    unseen = next(p for p in service.product_ids
+                  if service._trained_rows[row, service.product_row[p]] == 0)
+    service.record_event(user, unseen, "purchase", ts=int(recorded["t_ref"]) + 86_400)
+    live = service._history_row(row)
+    assert live[0, service.product_row[unseen]] == pytest.approx(1.0)  # capped at the cut
+    older = live.toarray()[0][service._trained_rows[row].toarray()[0] > 0]
+    assert (older < 1.0).any()  # older purchases decayed by calendar time
