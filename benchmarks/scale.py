@@ -3,7 +3,7 @@
 Why: the figures elsewhere are for one data set's size; a merchant needs to know how each
 stage grows with their shop and which one breaks first on their machine. For each size
 (events; products and users grow with it, see benchmarks/synthetic_shop.py) every stage runs
-in its own child process, so its peak memory (the child's max RSS from wait4, plus the Neo4j
+in its own child process, so its peak memory (the child's VmHWM, plus the Neo4j
 JVM's sampled RSS for the Neo4j load) is its own. A stage past its time limit, or one whose
 process tree passes the memory cap, is killed and recorded as broke with the reason.
 
@@ -262,6 +262,15 @@ def stage_search(work: Path, data: Path, seed: int) -> dict:
     return {**out, "load_s": round(load_s, 2)}
 
 
+def _own_peak_mib() -> float:
+    """This process's peak RSS since exec (VmHWM). Not ru_maxrss: Linux carries a forked
+    child's maxrss over from its parent, so a small stage would report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 # ------------------------------------------------------------------ the parent side
 def _tree_rss(proc) -> int:  # noqa: ANN001 - psutil.Process
     import psutil
@@ -313,12 +322,12 @@ def run_stage(stage: str, work: Path, data: Path, seed: int, limit_s: float) -> 
         started = time.perf_counter()
         watcher.start()
         stdout = child.stdout.read() if child.stdout else ""
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
+        child.wait()
         wall = time.perf_counter() - started
         stop.set()
         watcher.join()
-    peak_mib = max(usage.ru_maxrss / 1024, state["peak"] / 2**20)
+    # sampled every 0.5 s; replaced by the child's own VmHWM when it finishes
+    peak_mib = state["peak"] / 2**20
     row = {"stage": stage, "wall_s": round(wall, 2), "peak_mib": round(peak_mib)}
     if state["reason"] or child.returncode != 0:
         tail = log.read_text()[-600:].strip().splitlines()
@@ -329,6 +338,9 @@ def run_stage(stage: str, work: Path, data: Path, seed: int, limit_s: float) -> 
     result = json.loads(stdout.strip().splitlines()[-1])
     row.update(result)
     row["seconds"] = round(result["seconds"], 3)
+    row["sampled_peak_mib"] = round(peak_mib)
+    peak_mib = result["vm_hwm_mib"]
+    row["peak_mib"] = round(peak_mib)
     if "jvm_peak_mib" in result:
         row["peak_mib"] = round(peak_mib + result["jvm_peak_mib"])
         row["python_peak_mib"] = round(peak_mib)
@@ -554,6 +566,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         result = globals()[f"stage_{args.child}"](args.work, args.data, args.seed)
+        result["vm_hwm_mib"] = _own_peak_mib()
         print(json.dumps(result, default=str))
         return
     from machine import describe_machine
@@ -566,13 +579,17 @@ def main() -> None:
               "notes": []}
     if args.merge and (RESULTS / "scale.json").is_file():
         old = json.loads((RESULTS / "scale.json").read_text())
-        keep = [n for n in old["sizes"] if n not in args.sizes]
-        report["runs"] = [r for r in old["runs"] if r["n"] in keep]
-        report["shapes"] = {k: v for k, v in old["shapes"].items() if int(k) in keep}
-        report["sizes"] = keep
+        # keep every earlier row except those this run redoes (same size and stage)
+        report["runs"] = [r for r in old["runs"]
+                          if not (r["n"] in args.sizes and r["stage"] in stages)]
+        report["shapes"] = old["shapes"]
+        report["sizes"] = old["sizes"]
         report["notes"] = old.get("notes", [])
         report["stages"] = [s for s in STAGES if s in set(old["stages"]) | set(stages)]
-        report["machine"] = old["machine"] + f" | later sizes: {report['machine']}"
+        report["machine"] = old["machine"]
+        report["later_runs"] = [*old.get("later_runs", []), {
+            "command": report["command"], "machine": describe_machine()}]
+        report["command"] = old["command"]
     deadline = None
     if args.deadline:
         hh, mm = (int(x) for x in args.deadline.split(":"))
@@ -583,6 +600,12 @@ def main() -> None:
         work = args.work / _label(n)
         data = work / "data"
         work.mkdir(parents=True, exist_ok=True)
+        if not (data / "shape.json").is_file() and deadline is not None \
+                and deadline - time.time() < 600:
+            report["notes"].append(f"{_label(n)}: not run, fewer than 10 min were left "
+                                   f"before the deadline {args.deadline} UTC")
+            write(report)
+            continue
         if not (data / "shape.json").is_file():
             started = time.perf_counter()
             info = generate(data, n, args.seed)
@@ -593,6 +616,9 @@ def main() -> None:
         done: dict[str, bool] = {}
         for stage in stages:
             need = NEEDS.get(stage)
+            if need and need not in done:  # run earlier (--merge): its row says if it finished
+                done[need] = any(r["n"] == n and r["stage"] == need and "broke" not in r
+                                 for r in report["runs"])
             if need and not done.get(need, False):
                 row = {"stage": stage, "n": n, "wall_s": 0, "peak_mib": 0,
                        "broke": f"not run: {need} did not finish"}
