@@ -17,7 +17,9 @@ queries, optionally restricted by attribute filters and exclusions:
   row left out of both result lists. That nprobe and the recall it measured are kept with the
   index (`params`, saved in meta.json), so every IVF index says how exact it is. Should no
   nprobe reach the target (vectors without cluster structure), "ivf" warns and "auto" builds
-  the flat index instead.
+  the flat index instead; "auto" also does so when the target needs more than
+  `IVF_MAX_PROBE_SHARE` (1/4) of the lists (then IVF is no faster than exact search: measured
+  on ALS item factors, 800 of 800 lists), and says why in `params["ivf_rejected"]`.
   The lists hold full vectors ("Flat"), not PQ codes: the catalogs here (up to ~1M items of
   64-384 dims, 0.25-1.5 GB) fit in memory, and PQ would cost recall that re-ranking would have to
   buy back; PQ is the step for tens of millions of items. The HNSW quantizer makes the coarse
@@ -84,6 +86,8 @@ DEFAULT_TARGET_RECALL = 0.95
 # standard error near 0.01, so the margin keeps the recall of unseen queries at the target
 IVF_TUNING_MARGIN = 0.02
 DEFAULT_SEED = 0
+# "auto" keeps IVF only when its tuned nprobe scans at most this share of the lists
+IVF_MAX_PROBE_SHARE = 0.25
 
 # Filter keys whose values are category paths: {"category": "Apparel"} matches "Apparel" itself
 # and every path below it ("Apparel > Topwear", ...) but not "Apparel Accessories".
@@ -396,15 +400,22 @@ class VectorIndex:
         params: dict[str, Any] = {}
         if kind == "ivf":
             index, params = _build_ivf(x, faiss_metric, int(seed), float(target_recall))
+            message = None
             if params["recall_at_20"] < target_recall:
                 message = (f"IVF reaches recall@20 {params['recall_at_20']:.3f} < "
                            f"{target_recall} even at nprobe=nlist={params['nlist']} (vectors "
                            "without cluster structure?)")
+            elif auto and params["nprobe"] > IVF_MAX_PROBE_SHARE * params["nlist"]:
+                # e.g. unnormalised ALS factors under inner product: the target needs most
+                # lists, so a query scans most vectors plus the quantizer, slower than flat
+                message = (f"IVF needs nprobe {params['nprobe']} of {params['nlist']} lists for "
+                           f"recall@20 >= {target_recall}, no faster than exact search")
+            if message is not None:
                 if not auto:
                     warnings.warn(message, stacklevel=2)
                 else:
                     warnings.warn(message + "; building the exact flat index", stacklevel=2)
-                    kind, params = "flat", {}
+                    kind, params = "flat", {"ivf_rejected": message}
         if kind == "flat":
             index = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
             index.add(x)

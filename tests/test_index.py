@@ -489,9 +489,26 @@ def test_auto_falls_back_to_flat_when_ivf_misses_the_target(data, monkeypatch):
     monkeypatch.setattr(index_module, "_self_recall", lambda *args: 0.5)
     with pytest.warns(UserWarning, match="building the exact flat index"):
         auto = VectorIndex.build(data["ids"][:400], data["x"][:400], ivf_min_items=300)
-    assert auto.kind == "flat" and auto.params == {}
+    assert auto.kind == "flat"
+    assert auto.params["ivf_rejected"].startswith("IVF reaches recall@20 0.500")
     with pytest.warns(UserWarning, match="recall@20 0.500"):
         assert VectorIndex.build(data["ids"][:400], data["x"][:400], kind="ivf").kind == "ivf"
+
+
+def test_auto_keeps_flat_when_ivf_must_scan_most_lists(tmp_path):
+    """Vectors without clusters (like unnormalised ALS factors under inner product) need most
+    lists for the recall target: "auto" then builds the exact index and records why."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    ids = [f"i{i}" for i in range(len(x))]
+    with pytest.warns(UserWarning, match="no faster than exact search"):
+        auto = VectorIndex.build(ids, x, ivf_min_items=1000)
+    assert auto.kind == "flat" and "nprobe" in auto.params["ivf_rejected"]
+    auto.save(tmp_path / "ix")
+    assert VectorIndex.load(tmp_path / "ix").params == auto.params
+    forced = VectorIndex.build(ids, x, kind="ivf")  # asked for explicitly: IVF, all lists
+    assert forced.kind == "ivf"
+    assert forced.params["nprobe"] > index_module.IVF_MAX_PROBE_SHARE * forced.params["nlist"]
 
 
 def test_default_ivf_threshold_is_the_benchmarked_one():
@@ -510,12 +527,13 @@ def test_faiss_hnsw_honours_id_selector(data):
     assert (found >= 0).all() and np.isin(found, allowed).all()
 
 
-def test_auto_picks_flat_below_threshold_and_ivf_at_it(data):
-    below = VectorIndex.build(data["ids"][:299], data["x"][:299], ivf_min_items=300)
-    at = VectorIndex.build(data["ids"][:300], data["x"][:300], ivf_min_items=300)
+def test_auto_picks_flat_below_threshold_and_ivf_at_it(data, clustered):
+    ids, x = clustered["ids"], clustered["x"]  # clustered, as IVF needs to pay off
+    below = VectorIndex.build(ids[:2999], x[:2999], ivf_min_items=3000)
+    at = VectorIndex.build(ids[:3000], x[:3000], ivf_min_items=3000)
     assert (below.kind, at.kind) == ("flat", "ivf")
     assert isinstance(below._cpu, faiss.IndexFlatIP)
-    assert isinstance(at._cpu, faiss.IndexIVFFlat) and at.params["nlist"] == ivf_nlist(300)
+    assert isinstance(at._cpu, faiss.IndexIVFFlat) and at.params["nlist"] == ivf_nlist(3000)
     default = VectorIndex.build(data["ids"], data["x"])  # 5000 < IVF_MIN_ITEMS
     assert default.kind == "flat" and N < index_module.IVF_MIN_ITEMS
     hnsw = VectorIndex.build(data["ids"][:300], data["x"][:300], kind="hnsw")
