@@ -471,6 +471,12 @@ def plot(report: dict, fits: dict) -> list[str]:
     return written
 
 
+def _load(row: dict) -> str:
+    """The 1-min load average as the stage started: on a shared machine it moves the time."""
+    load = row.get("load_average_before")
+    return "" if load is None else f" (load {load:.1f})"
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -484,7 +490,9 @@ def markdown(report: dict, fits: dict, plots: list[str]) -> str:
              "products = n/25, users = n/400 (CJ itself: 1.47M lines, 92k products, 2.5k "
              "households). Each stage runs in its own process; peak = that process's max RSS "
              "(Neo4j: Python + the JVM's sampled RSS). Serving stages show p50 latency in the "
-             "time column; their process peak includes loading the trained workspace.", "",
+             "time column; their process peak includes loading the trained workspace. "
+             "The load in brackets is the machine's 1-min load average as the stage started "
+             "(2 cores shared with other jobs: above 2, the stage got less than a core).", "",
              "| size | products | users | distinct pairs |", "|---|---:|---:|---:|"]
     for n in sizes:
         shape = report["shapes"][str(n)]
@@ -501,13 +509,15 @@ def markdown(report: dict, fits: dict, plots: list[str]) -> str:
                        None)
             if row is None:
                 cells += ["not run", "-"]
+            elif row.get("broke", "").startswith("not run"):
+                cells += [row["broke"], "-"]
             elif "broke" in row:
                 cells += [f"broke ({row['broke']}; {row['wall_s']:.0f} s)", f"{row['peak_mib']:,}"]
             elif "p50_ms" in row:
-                cells += [f"p50 {row['p50_ms']} ms / p99 {row['p99_ms']} ms",
-                          f"{row['peak_mib']:,}"]
+                cells += [f"p50 {row['p50_ms']} ms / p99 {row['p99_ms']} ms"
+                          f"{_load(row)}", f"{row['peak_mib']:,}"]
             else:
-                cells += [f"{row['seconds']:.1f} s", f"{row['peak_mib']:,}"]
+                cells += [f"{row['seconds']:.1f} s{_load(row)}", f"{row['peak_mib']:,}"]
         fit = fits.get(stage, {})
         lines.append(f"| {stage} | " + " | ".join(cells)
                      + f" | {_fmt(fit.get('time_exponent'))} | "
@@ -567,6 +577,10 @@ def main() -> None:
     if args.child:
         result = globals()[f"stage_{args.child}"](args.work, args.data, args.seed)
         result["vm_hwm_mib"] = _own_peak_mib()
+        import resource  # CPU seconds, all threads: less moved by other jobs than wall time
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        result["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)
         print(json.dumps(result, default=str))
         return
     from machine import describe_machine
