@@ -105,6 +105,11 @@ class RecommendationService:
         self._trained_rows = self.weighting.matrix(self.history, (len(self.user_ids),
                                                                   len(self.product_ids)))
 
+    @property
+    def half_life(self) -> float | None:
+        """The positional half-life of the recorded weighting (None under a time decay)."""
+        return self.weighting.half_life
+
     @classmethod
     def load(cls, workspace: str | Path) -> RecommendationService:
         """The version `CURRENT` points at (FileNotFoundError when nothing is trained)."""
