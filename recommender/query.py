@@ -455,10 +455,13 @@ class QueryUnderstanding:
             else:
                 fixed.append(word)
         # a pronoun stands for someone: its gender counts only if nothing else names one
-        scratch = ParsedQuery(text=text, corrections=list(parsed.corrections))
-        self._english_ngrams(fixed, scratch)
-        named = {str(m["kind"]) for m in parsed.mappings + scratch.mappings
-                 if str(m["phrase"]).lower() not in PRONOUNS}
+        # (a first, throw-away pass finds the other phrases; only queries with a pronoun pay)
+        named: set[str] = set()
+        if any(w.lower() in PRONOUNS for w in fixed):
+            scratch = ParsedQuery(text=text, corrections=list(parsed.corrections))
+            self._english_ngrams(fixed, scratch)
+            named = {str(m["kind"]) for m in parsed.mappings + scratch.mappings
+                     if str(m["phrase"]).lower() not in PRONOUNS}
         english_words, residual = self._english_ngrams(fixed, parsed, named)
         unknown = [w for w in residual if w.lower() not in ENGLISH_FILLER
                    and _stem(w) not in self._vocabulary]
